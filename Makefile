@@ -1,0 +1,36 @@
+# Every target that needs Python creates .venv on first use and installs everything into it:
+# torch==2.13.0 first (the CPU build), then hf_ext with its `dev` extra.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.hf_ext_installed
+
+.PHONY: install demo test test-all lint format study bench clean poetry-corpus
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m hf_ext.demo
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q
+
+test-all: $(STAMP)
+	$(PY) -m pytest -n 2 --dist loadfile -q
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+format: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache

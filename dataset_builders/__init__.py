@@ -1,0 +1,1 @@
+"""Dataset builders for hf_ext (GeneratorBasedBuilder subclasses used directly; datasets 5 runs no scripts)."""

@@ -1,0 +1,41 @@
+"""hf_ext: THUNLP/OpenBMB research systems as first-class Hugging Face citizens.
+
+Importing ``hf_ext`` registers every hf_ext model with the transformers Auto classes (``AutoConfig``,
+``AutoModel*``, ``AutoProcessor``, ...), so checkpoints load with ``from_pretrained`` and no
+``trust_remote_code``. Trainers and pipelines are imported lazily on first attribute access, so
+``import hf_ext`` stays cheap (it does not import trl or diffusers).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from . import models  # noqa: F401  (registers the Auto classes)
+
+__version__ = "0.1.0"
+
+# public name -> module that defines it (imported on first access)
+_LAZY_ATTRS: dict[str, str] = {
+    "DenseDPOConfig": "hf_ext.trainers.dense_dpo",
+    "DenseDPOTrainer": "hf_ext.trainers.dense_dpo",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module_name = _LAZY_ATTRS.get(name)
+    if module_name is None:
+        raise AttributeError(f"module 'hf_ext' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module_name), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY_ATTRS))
+
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer  # noqa: F401
+
+__all__ = ["__version__", *_LAZY_ATTRS]
