@@ -28,7 +28,13 @@ def register_model(
             ``AutoProcessor``, ``AutoImageProcessor`` and ``AutoTokenizer``.
 
     Registration is idempotent: importing a module twice (e.g. via remote code) does not fail.
+
+    It also makes ``save_pretrained`` / ``push_to_hub`` of the model, processor and image processor classes ship
+    their code and an ``auto_map`` (see :mod:`hf_ext.hub.remote_code`), so checkpoints load with
+    ``trust_remote_code=True`` where hf_ext is not installed.
     """
+    from ..hub.remote_code import enable_remote_code_export
+
     if getattr(config_class, "model_type", None) != model_type:
         raise ValueError(
             f"{config_class.__name__}.model_type is {getattr(config_class, 'model_type', None)!r}, "
@@ -48,6 +54,9 @@ def register_model(
         )
     if tokenizer_class is not None:
         transformers.AutoTokenizer.register(config_class, fast_tokenizer_class=tokenizer_class, exist_ok=True)
+    for cls in [*(models or {}).values(), processor_class, image_processor_class]:
+        if cls is not None:
+            enable_remote_code_export(cls, model_type)
     _REGISTERED[model_type] = {
         "config": config_class,
         "models": dict(models or {}),
