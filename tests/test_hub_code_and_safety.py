@@ -150,3 +150,73 @@ def test_absolute_hf_ext_import_is_refused(tmp_path, monkeypatch):
 
     with pytest.raises(RemoteCodeError, match="imports hf_ext absolutely"):
         collect_code_files([Bad])
+
+
+# --------------------------------------------------------------------------- safety
+
+
+def _save_pickle_only(model, path):
+    model.config.save_pretrained(path)
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+
+
+def test_pickle_weights_refused_unless_opted_in(rcpkg, tmp_path):
+    TopConfig, TopModel = rcpkg
+    model = TopModel(TopConfig(hidden=8)).eval()
+    _save_pickle_only(model, tmp_path)
+    with pytest.raises(OSError, match="use_safetensors=False"):
+        TopModel.from_pretrained(tmp_path)
+    loaded = TopModel.from_pretrained(tmp_path, use_safetensors=False)
+    x = torch.randn(1, 8)
+    assert torch.equal(loaded(x), model(x))
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage"])
+def test_corrupted_weights_give_a_clear_error(rcpkg, tmp_path, damage):
+    from hf_ext.hub.safety import CorruptCheckpointError
+
+    TopConfig, TopModel = rcpkg
+    TopModel(TopConfig(hidden=8)).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    data = weights.read_bytes()
+    weights.write_bytes(data[: len(data) // 2] if damage == "truncate" else b"not a safetensors file" * 4)
+    with pytest.raises(CorruptCheckpointError, match="corrupted or truncated"):
+        TopModel.from_pretrained(tmp_path)
+
+
+def test_saved_checkpoints_contain_no_pickle(rcpkg, tmp_path):
+    TopConfig, TopModel = rcpkg
+    TopModel(TopConfig(hidden=8)).save_pretrained(tmp_path)
+    names = {p.name for p in tmp_path.iterdir()}
+    assert "model.safetensors" in names
+    assert not {n for n in names if n.endswith((".bin", ".pt", ".pkl", ".pth"))}
+
+
+def test_hub_errors_are_clear(rcpkg, local_hub):
+    import uuid
+
+    from huggingface_hub import HfApi
+
+    from hf_ext.hub.safety import CorruptCheckpointError
+
+    TopConfig, TopModel = rcpkg
+    repo = f"tester/safety-{uuid.uuid4().hex[:8]}"
+    model = TopModel(TopConfig(hidden=8))
+    model.push_to_hub(repo)
+    files = set(HfApi().list_repo_files(repo))
+    assert {"config.json", "model.safetensors", "modeling_top.py", "modeling_base.py"} <= files
+    # transformers turns the Hub's RevisionNotFound / RepoNotFound answers into OSErrors that say what is wrong
+    with pytest.raises(OSError, match="no-such-revision is not a valid git identifier"):
+        TopModel.from_pretrained(repo, revision="no-such-revision")
+    with pytest.raises(OSError, match="is not a valid model identifier"):
+        TopModel.from_pretrained(f"tester/absent-{uuid.uuid4().hex[:8]}")
+    # weights missing from a repository: a clear OSError naming the repository
+    empty = f"tester/empty-{uuid.uuid4().hex[:8]}"
+    TopConfig(hidden=8).push_to_hub(empty)
+    with pytest.raises(OSError, match=empty):
+        TopModel.from_pretrained(empty)
+    # bytes corrupted on the server after the upload
+    local_hub.corrupt_file(repo, "model.safetensors", b"\x00" * 40)
+    with pytest.raises((CorruptCheckpointError, OSError)) as err:
+        TopModel.from_pretrained(repo, force_download=True)
+    assert "corrupt" in str(err.value).lower() or "consistency" in str(err.value).lower()
