@@ -386,3 +386,42 @@ Rows that could not be converted: {bad_rows or "none"}.
 {f"```bibtex{chr(10)}{citation}{chr(10)}```" if citation else unknown}
 """
     return DatasetCard(content)
+
+
+class HfExtModelCardMixin:
+    """Mixin for hf_ext trainers (``transformers.Trainer`` or TRL subclasses): their model card is hf_ext's.
+
+    Set ``_hf_ext_card_family`` on the trainer class. ``Trainer.push_to_hub`` and ``save_model`` call
+    ``create_model_card``, which then writes ``README.md`` in ``args.output_dir`` from the family's template, with
+    the paper's citation, the training configuration and, where applicable, the reconstruction statement.
+    """
+
+    _hf_ext_card_family: str = ""
+
+    def create_model_card(
+        self,
+        model_name: str | None = None,
+        dataset_name: str | None = None,
+        tags: str | list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if not self.is_world_process_zero():
+            return
+        model = getattr(self, "model", None)
+        base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
+        if base and Path(base).exists():
+            base = None  # a local path is not a Hub id
+        hub_id = getattr(self.args, "hub_model_id", None)
+        model_id = model_name or hub_id or Path(self.args.output_dir).name
+        datasets = [dataset_name] if isinstance(dataset_name, str) else kwargs.get("dataset")
+        extra = [tags] if isinstance(tags, str) else list(tags or [])
+        card = create_model_card(
+            self._hf_ext_card_family,
+            model_id=model_id,
+            base_model=base,
+            datasets=datasets if isinstance(datasets, list) else ([datasets] if datasets else None),
+            training_config=self.args,
+            extra_tags=extra,
+        )
+        Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
+        card.save(str(Path(self.args.output_dir) / "README.md"))
