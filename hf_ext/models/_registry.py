@@ -31,9 +31,11 @@ def register_model(
 
     It also makes ``save_pretrained`` / ``push_to_hub`` of the model, processor and image processor classes ship
     their code and an ``auto_map`` (see :mod:`hf_ext.hub.remote_code`), so checkpoints load with
-    ``trust_remote_code=True`` where hf_ext is not installed.
+    ``trust_remote_code=True`` where hf_ext is not installed, and makes ``from_pretrained`` load only safetensors
+    unless the caller opts in with ``use_safetensors=False`` (see :mod:`hf_ext.hub.safety`).
     """
     from ..hub.remote_code import enable_remote_code_export
+    from ..hub.safety import enable_safe_loading
 
     if getattr(config_class, "model_type", None) != model_type:
         raise ValueError(
@@ -57,6 +59,8 @@ def register_model(
     for cls in [*(models or {}).values(), processor_class, image_processor_class]:
         if cls is not None:
             enable_remote_code_export(cls, model_type)
+    for cls in (models or {}).values():
+        enable_safe_loading(cls)
     _REGISTERED[model_type] = {
         "config": config_class,
         "models": dict(models or {}),
