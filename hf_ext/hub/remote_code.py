@@ -102,41 +102,62 @@ def _update_json(path: Path, auto_map: dict[str, Any]) -> None:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
+def _processor_auto_map(obj: Any) -> tuple[list[type], dict[str, dict[str, str]]]:
+    """Classes to ship and ``{json file: auto_map}`` for a processor or image processor (they have no config).
+
+    A processor class can serve several model types (Muffin's serves ``muffin`` and ``viscpm_chat``), so only the
+    processor's own Auto classes are written, into the files that ``AutoProcessor`` / ``AutoImageProcessor`` read.
+    """
+    from transformers import ProcessorMixin
+
+    classes: list[type] = [type(obj)]
+    maps: dict[str, dict[str, str]] = {}
+    image_processor = obj if not isinstance(obj, ProcessorMixin) else getattr(obj, "image_processor", None)
+    if isinstance(obj, ProcessorMixin):
+        maps["processor_config.json"] = {"AutoProcessor": _class_ref(type(obj))}
+    if image_processor is not None and getattr(type(image_processor), "_hf_ext_model_type", None):
+        classes.append(type(image_processor))
+        maps["preprocessor_config.json"] = {"AutoImageProcessor": _class_ref(type(image_processor))}
+    return classes, maps
+
+
 def export_remote_code(obj: Any, save_directory: str | Path) -> list[Path]:
     """Write the code files and ``auto_map`` of the hf_ext object ``obj`` (model, processor or image processor).
 
-    Models write ``auto_map`` (AutoConfig + every Auto class registered for their ``model_type``) into
-    ``config.json``; processors into ``processor_config.json``; image processors into
-    ``preprocessor_config.json``. Returns the code files written.
+    Models write ``auto_map`` (AutoConfig + every Auto class registered for their ``model_type``, and the
+    processor classes registered with it) into ``config.json``; processors write ``AutoProcessor`` into
+    ``processor_config.json``; image processors ``AutoImageProcessor`` into ``preprocessor_config.json``.
+    Returns the code files written.
     """
     save_directory = Path(save_directory)
     config = getattr(obj, "config", None)
-    model_type = getattr(config, "model_type", None) or getattr(obj, "_hf_ext_model_type", None)
-    if model_type is None:
-        raise RemoteCodeError(f"Cannot tell the hf_ext model_type of {type(obj).__name__}.")
-    entry = _registry_entry(model_type)
-    classes: list[type] = [entry["config"]]
-    written: dict[str, Any] = {}
-    auto_map: dict[str, Any] = {"AutoConfig": _class_ref(entry["config"])}
-    for auto_name, model_cls in entry["models"].items():
-        classes.append(model_cls)
-        auto_map[auto_name] = _class_ref(model_cls)
-    for key, auto_name in (("processor", "AutoProcessor"), ("image_processor", "AutoImageProcessor")):
-        if entry.get(key) is not None:
-            classes.append(entry[key])
-            auto_map[auto_name] = _class_ref(entry[key])
+    if config is not None and getattr(config, "model_type", None):
+        entry = _registry_entry(config.model_type)
+        classes: list[type] = [entry["config"]]
+        auto_map: dict[str, Any] = {"AutoConfig": _class_ref(entry["config"])}
+        for auto_name, model_cls in entry["models"].items():
+            classes.append(model_cls)
+            auto_map[auto_name] = _class_ref(model_cls)
+        for key, auto_name in (("processor", "AutoProcessor"), ("image_processor", "AutoImageProcessor")):
+            if entry.get(key) is not None:
+                classes.append(entry[key])
+                auto_map[auto_name] = _class_ref(entry[key])
+        maps = {"config.json": auto_map}
+    elif getattr(type(obj), "_hf_ext_model_type", None):
+        classes, maps = _processor_auto_map(obj)
+    else:
+        raise RemoteCodeError(f"Cannot tell which hf_ext model {type(obj).__name__} belongs to.")
     files = collect_code_files(classes)
     save_directory.mkdir(parents=True, exist_ok=True)
+    written = []
     for name, source in files.items():
         with atomic_write(save_directory / name, "w") as f:
             f.write(source)
-        written[name] = save_directory / name
-    if config is not None and (save_directory / "config.json").is_file():
-        _update_json(save_directory / "config.json", auto_map)
-    for file_name in ("processor_config.json", "preprocessor_config.json"):
+        written.append(save_directory / name)
+    for file_name, auto_map in maps.items():
         if (save_directory / file_name).is_file():
             _update_json(save_directory / file_name, auto_map)
-    return list(written.values())
+    return written
 
 
 def enable_remote_code_export(cls: type, model_type: str) -> None:
