@@ -1,0 +1,146 @@
+"""Every hf_ext artefact through the local Hub server with the real client: push, then load, same outputs.
+
+Model types are covered by the builders below; ``test_every_registered_model_type_is_covered`` fails when a new
+model type is registered without one.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from huggingface_hub import HfApi
+from PIL import Image
+
+import hf_ext  # noqa: F401  (registers the Auto classes)
+from hf_ext.models._registry import registered_models
+
+
+def _repo(prefix: str) -> str:
+    return f"tester/{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def _image(seed: int = 0, size: int = 32) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
+
+
+# ----------------------------------------------------------------------------------------------- builders
+# Each returns (model, processing_class or None, inputs, auto_class_name, output_attr).
+
+
+def _build_muffin(model_type: str):
+    from hf_ext.models.muffin import tiny_muffin
+
+    model, processor = tiny_muffin(model_type=model_type)
+    return model, processor, _muffin_inputs(processor), "AutoModelForImageTextToText", "logits"
+
+
+def _muffin_inputs(processor) -> dict:
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe it"}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    return dict(processor(images=[_image()], text=prompt, return_tensors="pt"))
+
+
+def _build_beit3():
+    from hf_ext.models.beit3 import Beit3Model, tiny_beit3_config
+
+    model = Beit3Model(tiny_beit3_config()).eval()
+    inputs = {"pixel_values": torch.randn(1, 3, 32, 32)}
+    return model, None, inputs, "AutoModel", "last_hidden_state"
+
+
+BUILDERS = {
+    "muffin": lambda: _build_muffin("muffin"),
+    "viscpm_chat": lambda: _build_muffin("viscpm_chat"),
+    "beit3": _build_beit3,
+}
+
+
+def test_every_registered_model_type_is_covered():
+    missing = set(registered_models()) - set(BUILDERS)
+    assert not missing, f"add a Hub round-trip builder for {sorted(missing)}"
+
+
+@pytest.mark.parametrize("model_type", sorted(BUILDERS))
+def test_model_round_trip(model_type, local_hub):
+    import transformers
+
+    model, processing, inputs, auto_name, attr = BUILDERS[model_type]()
+    assert model.config.model_type == model_type
+    repo = _repo(model_type)
+    model.push_to_hub(repo)
+    if processing is not None:
+        processing.push_to_hub(repo)
+    files = set(HfApi().list_repo_files(repo))
+    assert "model.safetensors" in files and not any(f.endswith(".bin") for f in files)
+    auto_map = json.loads(local_hub.repo_files(repo)["config.json"])["auto_map"]
+    assert auto_map["AutoConfig"].startswith("configuration_") and auto_name in auto_map
+    assert {name.split(".")[0] + ".py" for name in auto_map.values()} <= files  # the code travels with the weights
+
+    loaded = getattr(transformers, auto_name).from_pretrained(repo).eval()  # no trust_remote_code needed
+    assert type(loaded) is type(model)
+    if processing is not None:
+        loaded_processing = transformers.AutoProcessor.from_pretrained(repo)
+        assert type(loaded_processing) is type(processing)
+        if model_type in ("muffin", "viscpm_chat"):
+            again = _muffin_inputs(loaded_processing)
+            assert again.keys() == inputs.keys()
+            assert all(torch.equal(again[k], inputs[k]) for k in inputs)
+    with torch.no_grad():
+        assert torch.equal(getattr(loaded(**inputs), attr), getattr(model(**inputs), attr))
+
+
+def test_remote_code_loads_every_model_type_without_hf_ext(local_hub, tmp_path):
+    """Push every model type, then load each with trust_remote_code=True in a process that cannot import hf_ext."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from safetensors.torch import save_file
+
+    cases, tensors = [], {}
+    for i, (model_type, build) in enumerate(sorted(BUILDERS.items())):
+        model, _, inputs, auto_name, attr = build()
+        repo = _repo(f"remote-{model_type}")
+        model.push_to_hub(repo)
+        with torch.no_grad():
+            tensors[f"{i}.out"] = getattr(model(**inputs), attr).contiguous()
+        for k, v in inputs.items():
+            tensors[f"{i}.in.{k}"] = v.contiguous()
+        cases.append((i, model_type, repo, auto_name, attr, sorted(inputs)))
+    save_file(tensors, tmp_path / "io.safetensors")
+    script = textwrap.dedent(
+        f"""
+        import importlib.abc, sys
+
+        class _Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("hf_ext", "dataset_builders"):
+                    raise ImportError(f"{{name}} is blocked in this process")
+
+        sys.meta_path.insert(0, _Block())
+        try:
+            import hf_ext
+            raise SystemExit("hf_ext must not be importable here")
+        except ImportError:
+            pass
+        import torch, transformers
+        from safetensors.torch import load_file
+
+        io = load_file({str(tmp_path / "io.safetensors")!r})
+        for i, model_type, repo, auto_name, attr, keys in {cases!r}:
+            model = getattr(transformers, auto_name).from_pretrained(repo, trust_remote_code=True).eval()
+            assert type(model).__module__.startswith("transformers_modules"), type(model).__module__
+            with torch.no_grad():
+                out = getattr(model(**{{k: io[f"{{i}}.in.{{k}}"] for k in keys}}), attr)
+            assert torch.equal(out, io[f"{{i}}.out"]), model_type
+            print("REMOTE_OK", model_type)
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    ok = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("REMOTE_OK")}
+    assert ok == set(BUILDERS), proc.stderr[-4000:]
