@@ -104,9 +104,11 @@ def test_remote_code_loads_every_model_type_without_hf_ext(local_hub, tmp_path):
 
     cases, tensors = [], {}
     for i, (model_type, build) in enumerate(sorted(BUILDERS.items())):
-        model, _, inputs, auto_name, attr = build()
+        model, processing, inputs, auto_name, attr = build()
         repo = _repo(f"remote-{model_type}")
         model.push_to_hub(repo)
+        if processing is not None:
+            processing.push_to_hub(repo)
         with torch.no_grad():
             tensors[f"{i}.out"] = getattr(model(**inputs), attr).contiguous()
         for k, v in inputs.items():
@@ -138,6 +140,17 @@ def test_remote_code_loads_every_model_type_without_hf_ext(local_hub, tmp_path):
             with torch.no_grad():
                 out = getattr(model(**{{k: io[f"{{i}}.in.{{k}}"] for k in keys}}), attr)
             assert torch.equal(out, io[f"{{i}}.out"]), model_type
+            if model_type in ("muffin", "viscpm_chat"):  # the processor travels as remote code too
+                import numpy as np
+                from PIL import Image
+
+                proc = transformers.AutoProcessor.from_pretrained(repo, trust_remote_code=True)
+                assert type(proc).__module__.startswith("transformers_modules"), type(proc).__module__
+                image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+                messages = [{{"role": "user", "content": [{{"type": "image"}}, {{"type": "text", "text": "describe it"}}]}}]
+                prompt = proc.apply_chat_template(messages, add_generation_prompt=True)
+                again = proc(images=[image], text=prompt, return_tensors="pt")
+                assert all(torch.equal(again[k], io[f"{{i}}.in.{{k}}"]) for k in keys), model_type
             print("REMOTE_OK", model_type)
         """
     )

@@ -95,9 +95,13 @@ def _registry_entry(model_type: str) -> dict[str, Any]:
     return entry
 
 
-def _update_json(path: Path, auto_map: dict[str, Any]) -> None:
+def _update_json(path: Path, auto_map: dict[str, Any], nested: dict[str, dict[str, str]] | None = None) -> None:
     data = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    data.setdefault("auto_map", {}).update(auto_map)
+    if auto_map:
+        data.setdefault("auto_map", {}).update(auto_map)
+    for key, sub_map in (nested or {}).items():
+        if isinstance(data.get(key), dict):
+            data[key].setdefault("auto_map", {}).update(sub_map)
     with atomic_write(path, "w") as f:
         f.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
@@ -157,6 +161,11 @@ def export_remote_code(obj: Any, save_directory: str | Path) -> list[Path]:
     for file_name, auto_map in maps.items():
         if (save_directory / file_name).is_file():
             _update_json(save_directory / file_name, auto_map)
+    nested = maps.get("preprocessor_config.json")
+    if nested and (save_directory / "processor_config.json").is_file():
+        # transformers 5 nests the image processor's config in processor_config.json; AutoImageProcessor reads the
+        # auto_map from that nested dict, so it must be there too for remote loading.
+        _update_json(save_directory / "processor_config.json", {}, nested={"image_processor": nested})
     return written
 
 
