@@ -157,3 +157,29 @@ def test_remote_code_loads_every_model_type_without_hf_ext(local_hub, tmp_path):
     proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     ok = {line.split()[1] for line in proc.stdout.splitlines() if line.startswith("REMOTE_OK")}
     assert ok == set(BUILDERS), proc.stderr[-4000:]
+
+
+# ----------------------------------------------------------------------------------------------- pipelines
+def _paint_pipeline():
+    from hf_ext.pipelines.viscpm_paint.testing import tiny_viscpm_paint_pipeline
+
+    return tiny_viscpm_paint_pipeline()
+
+
+def _iap_pipeline():
+    from hf_ext.pipelines.iap.testing import tiny_iap_pipeline
+
+    return tiny_iap_pipeline(zh_hidden_size=12)
+
+
+@pytest.mark.parametrize("build", [_paint_pipeline, _iap_pipeline], ids=["viscpm_paint", "iap"])
+def test_pipeline_round_trip(build, local_hub):
+    pipe = build()
+    repo = _repo("pipe")
+    pipe.push_to_hub(repo)
+    assert "model_index.json" in HfApi().list_repo_files(repo)
+    loaded = type(pipe).from_pretrained(repo)  # a Hub id, not a local folder
+    kwargs = dict(prompt="一只猫", num_inference_steps=2, height=16, width=16, output_type="np")
+    expected = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    got = loaded(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    np.testing.assert_array_equal(got, expected)

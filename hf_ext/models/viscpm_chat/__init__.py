@@ -1,0 +1,31 @@
+"""VisCPM-Chat (model type ``viscpm_chat``): Muffin's BEiT-3 bridge on a multilingual LLM, trained by MPM.
+
+Tiny offline model: ``hf_ext.models.muffin.tiny_muffin(model_type="viscpm_chat")``.
+"""
+
+from .. import muffin as _muffin  # noqa: F401  (registers beit3 and muffin first)
+from .._registry import register_model
+from ..muffin.image_processing_muffin import MuffinImageProcessor
+from ..muffin.processing_muffin import MuffinProcessor
+from .configuration_viscpm_chat import VisCPMChatConfig
+from .modeling_viscpm_chat import VisCPMChatForConditionalGeneration, VisCPMChatModel, VisCPMChatPreTrainedModel
+from .mpm import prepare_mpm_stage
+
+register_model(
+    "viscpm_chat",
+    VisCPMChatConfig,
+    models={
+        "AutoModel": VisCPMChatModel,
+        "AutoModelForImageTextToText": VisCPMChatForConditionalGeneration,
+    },
+    processor_class=MuffinProcessor,
+    image_processor_class=MuffinImageProcessor,
+)
+
+__all__ = [
+    "VisCPMChatConfig",
+    "VisCPMChatForConditionalGeneration",
+    "VisCPMChatModel",
+    "VisCPMChatPreTrainedModel",
+    "prepare_mpm_stage",
+]

@@ -1,0 +1,257 @@
+"""Muffin: splicing, placeholder errors, generate with/without cache, mixed image counts, save/load, processor,
+chat template, Auto classes, pipeline, gradient checkpointing, LoRA."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import hf_ext  # noqa: F401  (registers the Auto classes)
+from hf_ext.models.muffin import (
+    DEFAULT_SYSTEM_PROMPT,
+    MuffinForConditionalGeneration,
+    MuffinProcessor,
+    tiny_muffin,
+    tiny_muffin_config,
+    tiny_muffin_tokenizer,
+)
+
+
+def _img(seed, size=(40, 30)):
+    rng = np.random.default_rng(seed)
+    return Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8))
+
+
+@pytest.fixture(scope="module")
+def muffin():
+    # a larger init makes greedy decoding depend on the input (a near-uniform tiny model would not)
+    model, processor = tiny_muffin()
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim >= 2:
+                p.mul_(8.0)
+    return model, processor
+
+
+def _prompt(processor, n_images, text="what is in the image ?"):
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": text}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+
+
+def test_chat_template_matches_original_format(muffin):
+    _, processor = muffin
+    msgs = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
+        {"role": "assistant", "content": "a red square ."},
+        {"role": "user", "content": "and ?"},
+    ]
+    # Muffin's `_add_speaker_and_signal`: header + "### Role: value\n" per turn
+    expected = f"{DEFAULT_SYSTEM_PROMPT}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n### Human: and ?\n"
+    assert processor.apply_chat_template(msgs) == expected
+    assert processor.apply_chat_template(msgs, add_generation_prompt=True) == expected + "### Assistant:"
+    full = processor.apply_chat_template(msgs[:2])
+    assert full == f"{DEFAULT_SYSTEM_PROMPT}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n###"
+
+
+def test_processor_expansion_and_pixels(muffin):
+    model, processor = muffin
+    n = model.config.num_query
+    img1, img2 = _img(0), _img(1, (17, 50))
+    enc = processor(images=[img1, img2], text=_prompt(processor, 2), return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    starts = [i for i, t in enumerate(ids) if t == processor.image_start_token_id]
+    assert len(starts) == 2
+    for s in starts:
+        assert ids[s + 1 : s + 1 + n] == [processor.image_patch_token_id] * n
+        assert ids[s + 1 + n] == processor.image_end_token_id
+    assert ids.count(processor.image_patch_token_id) == 2 * n
+    # reference: the original torchvision eval transform on PIL = bicubic resize, /255, (x - 0.5) / 0.5
+    for k, im in enumerate((img1, img2)):
+        ref = (np.asarray(im.resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255 - 0.5) / 0.5
+        np.testing.assert_allclose(enc["pixel_values"][k].numpy(), ref.transpose(2, 0, 1), atol=1e-6)
+    with pytest.raises(ValueError, match="number of <image> tokens"):
+        processor(images=[img1], text=_prompt(processor, 2))
+
+
+def test_processor_requires_image_tokens():
+    from hf_ext.models.muffin import MuffinImageProcessor
+    from hf_ext.testing_utils import tiny_bpe_tokenizer
+
+    with pytest.raises(ValueError, match="add_muffin_image_tokens"):
+        MuffinProcessor(image_processor=MuffinImageProcessor(), tokenizer=tiny_bpe_tokenizer())
+
+
+def test_forward_equals_manual_splice(muffin):
+    model, processor = muffin
+    enc = processor(images=[_img(0), _img(1)], text=_prompt(processor, 2), return_tensors="pt")
+    with torch.no_grad():
+        logits = model(**enc).logits
+        # manual: BEiT-3 on [patches, queries] -> query outputs -> projector, written into the <im_patch> rows
+        inner = model.model
+        feats = []
+        for k in range(2):
+            q = inner.query.unsqueeze(0)
+            out = inner.vision_tower(pixel_values=enc["pixel_values"][k : k + 1], inputs_embeds=q).last_hidden_state
+            feats.append(inner.multi_modal_projector.linear_1(out[0, -model.config.num_query :]))
+        emb = inner.language_model.embed_tokens(enc["input_ids"]).clone()
+        pos = (enc["input_ids"][0] == model.config.image_token_id).nonzero().flatten()
+        emb[0, pos] = torch.cat(feats)
+        hidden = inner.language_model(inputs_embeds=emb, attention_mask=enc["attention_mask"]).last_hidden_state
+        ref = model.lm_head(hidden)
+    torch.testing.assert_close(logits, ref, atol=1e-4, rtol=1e-4)
+
+
+def test_placeholder_count_mismatch(muffin):
+    model, processor = muffin
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
+    ids = enc["input_ids"].clone()
+    first = (ids[0] == model.config.image_token_id).nonzero()[0, 0]
+    ids[0, first] = processor.tokenizer.pad_token_id  # one placeholder fewer
+    n = model.config.num_query
+    with pytest.raises(
+        ValueError, match=f"Image features and image tokens do not match, tokens: {n - 1}, features: {n}"
+    ):
+        model(input_ids=ids, pixel_values=enc["pixel_values"])
+    with pytest.raises(ValueError, match="no pixel_values"):
+        model(input_ids=enc["input_ids"])
+
+
+def test_generate_cache_equals_no_cache(muffin):
+    model, processor = muffin
+    enc = processor(images=[_img(3)], text=_prompt(processor, 1), return_tensors="pt")
+    kw = dict(max_new_tokens=8, do_sample=False, min_new_tokens=8)
+    with_cache = model.generate(**enc, **kw)
+    no_cache = model.generate(**enc, use_cache=False, **kw)
+    assert torch.equal(with_cache, no_cache)
+    # and equal to a manual greedy loop over full forwards
+    ids = enc["input_ids"]
+    for _ in range(8):
+        with torch.no_grad():
+            nxt = model(input_ids=ids, pixel_values=enc["pixel_values"]).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], 1)
+    assert torch.equal(with_cache, ids)
+    assert len(set(with_cache[0, -8:].tolist())) > 1  # the test model is input-sensitive
+
+
+def test_batch_with_different_image_counts(muffin):
+    model, processor = muffin
+    processor.tokenizer.padding_side = "left"
+    texts = [_prompt(processor, 2, "compare"), _prompt(processor, 0, "hello world"), _prompt(processor, 1)]
+    images = [[_img(0), _img(1)], [], [_img(2)]]
+    batch = processor(images=images, text=texts, return_tensors="pt", padding=True)
+    assert batch["pixel_values"].shape[0] == 3
+    kw = dict(max_new_tokens=5, do_sample=False, min_new_tokens=5)
+    out = model.generate(**batch, **kw)
+    with torch.no_grad():
+        batch_logits = model(**batch).logits
+    for i, (ims, text) in enumerate(zip(images, texts)):
+        one = processor(images=ims or None, text=text, return_tensors="pt")
+        single = model.generate(**one, **kw)
+        assert out[i, -5:].tolist() == single[0, -5:].tolist()
+        with torch.no_grad():
+            ref = model(**one).logits[0]
+        torch.testing.assert_close(batch_logits[i, -ref.shape[0] :], ref, atol=1e-4, rtol=1e-4)
+
+
+def test_save_load_round_trip_auto_classes(muffin, tmp_path):
+    from transformers import AutoConfig, AutoImageProcessor, AutoModel, AutoModelForImageTextToText, AutoProcessor
+
+    model, processor = muffin
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    assert type(AutoConfig.from_pretrained(tmp_path)).__name__ == "MuffinConfig"
+    loaded = AutoModelForImageTextToText.from_pretrained(tmp_path)
+    proc2 = AutoProcessor.from_pretrained(tmp_path)
+    assert isinstance(loaded, MuffinForConditionalGeneration) and isinstance(proc2, MuffinProcessor)
+    assert type(AutoImageProcessor.from_pretrained(tmp_path)).__name__ == "MuffinImageProcessor"
+    assert type(AutoModel.from_pretrained(tmp_path)).__name__ == "MuffinModel"
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
+    enc2 = proc2(images=[_img(0)], text=_prompt(proc2, 1), return_tensors="pt")
+    assert torch.equal(enc["input_ids"], enc2["input_ids"])
+    with torch.no_grad():
+        assert torch.equal(model(**enc).logits, loaded.eval()(**enc2).logits)
+
+
+def test_pipeline_image_text_to_text(muffin):
+    from transformers import pipeline
+
+    model, processor = muffin
+    pipe = pipeline("image-text-to-text", model=model, processor=processor)
+    img = _img(5)
+    messages = [{"role": "user", "content": [{"type": "image", "image": img}, {"type": "text", "text": "what ?"}]}]
+    out = pipe(text=messages, max_new_tokens=4, do_sample=False, min_new_tokens=4, return_full_text=False)
+    enc = processor(images=[img], text=_prompt(processor, 1, "what ?"), return_tensors="pt")
+    ref = model.generate(**enc, max_new_tokens=4, do_sample=False, min_new_tokens=4)
+    expected = processor.tokenizer.decode(ref[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert out[0]["generated_text"] == expected
+
+
+def test_gradient_checkpointing_same_grads():
+    model, processor = tiny_muffin()
+    model.train()
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1) + " a red square", return_tensors="pt")
+    labels = enc["input_ids"].clone()
+    model(**enc, labels=labels).loss.backward()
+    ref = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    assert "model.query" in ref and "model.vision_tower.layers.0.language_expert.q_proj.weight" in ref
+    model.zero_grad()
+    model.gradient_checkpointing_enable()
+    model(**enc, labels=labels).loss.backward()
+    for n, p in model.named_parameters():
+        if n in ref:
+            torch.testing.assert_close(p.grad, ref[n], atol=1e-6, rtol=1e-5)
+
+
+def test_lora_on_llm_and_beit3():
+    from peft import LoraConfig, get_peft_model
+
+    model, processor = tiny_muffin()
+    cfg = tiny_muffin_config()
+    targets = ["language_model.layers.0.self_attn.q_proj", "language_expert.q_proj", "language_expert.v_proj"]
+    peft_model = get_peft_model(model, LoraConfig(r=2, target_modules=targets, lora_alpha=4))
+    # each adapted Linear(32 -> 32) gets A (2x32) + B (32x2)
+    n_llm = 1
+    n_beit = 2 * cfg.vision_config.num_hidden_layers
+    expected = (n_llm + n_beit) * (2 * 32 + 32 * 2)
+    trainable = sum(p.numel() for p in peft_model.parameters() if p.requires_grad)
+    assert trainable == expected
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
+    loss = peft_model(**enc, labels=enc["input_ids"]).loss
+    loss.backward()
+    grads = [n for n, p in peft_model.named_parameters() if p.requires_grad and p.grad is not None]
+    assert any("vision_tower" in n for n in grads) and any("language_model" in n for n in grads)
+
+
+def test_tokenizer_helper_is_consistent():
+    tok = tiny_muffin_tokenizer()
+    cfg = tiny_muffin_config(tok)
+    assert cfg.text_config.vocab_size == len(tok)
+    assert cfg.image_token_id == tok.convert_tokens_to_ids("<im_patch>")
+
+
+def test_query_init_from_beit3_text_embeddings():
+    model, _ = tiny_muffin()
+    inner = model.model
+    words = inner.vision_tower.embeddings.word_embeddings.weight
+    vcfg = model.config.vision_config
+    middle = inner.query[1:-1].detach().clone()
+    inner.init_query_from_beit3()
+    torch.testing.assert_close(inner.query[0], words[vcfg.bos_token_id])
+    torch.testing.assert_close(inner.query[-1], words[vcfg.eos_token_id])
+    torch.testing.assert_close(inner.query[1:-1], middle)
+    # the official init: timm trunc_normal_(std=0.02), i.e. N(0, 0.02^2) for practical purposes (64 samples here)
+    assert 0.01 < middle.std().item() < 0.03
+
+
+def test_other_llm_qwen2_with_tied_embeddings():
+    tok = tiny_muffin_tokenizer()
+    cfg = tiny_muffin_config(tok, text_model_type="qwen2")
+    cfg.text_config.tie_word_embeddings = True
+    cfg = type(cfg)(**cfg.to_dict())  # rebuild so __post_init__ sees the tied LLM
+    model = MuffinForConditionalGeneration(cfg).eval()
+    assert type(model.model.language_model).__name__ == "Qwen2Model"
+    assert cfg.tie_word_embeddings and model.lm_head.weight is model.get_input_embeddings().weight
+    _, processor = tiny_muffin()
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
+    kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
+    assert torch.equal(model.generate(**enc, **kw), model.generate(**enc, use_cache=False, **kw))
