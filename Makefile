@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(PY) -m hf_ext.demo
 
+study: $(STAMP)
+	$(PY) benchmarks/hallucination_study.py
+
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q
 
@@ -34,3 +37,14 @@ format: $(STAMP)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache
+
+# The chinese-poetry corpus (MIT) for Jiuge, fetched with npm into data/ (gitignored), never committed.
+POETRY_DIR ?= data/chinese-poetry
+POETRY_VERSION ?= 2.0.1
+poetry-corpus: $(POETRY_DIR)/dist/songci
+
+$(POETRY_DIR)/dist/songci:
+	mkdir -p $(POETRY_DIR)
+	cd $(POETRY_DIR) && npm pack --silent chinese-poetry@$(POETRY_VERSION)
+	tar -xzf $(POETRY_DIR)/chinese-poetry-$(POETRY_VERSION).tgz -C $(POETRY_DIR) --strip-components=1
+	rm -f $(POETRY_DIR)/chinese-poetry-$(POETRY_VERSION).tgz

@@ -19,6 +19,15 @@ __version__ = "0.1.0"
 _LAZY_ATTRS: dict[str, str] = {
     "DenseDPOConfig": "hf_ext.trainers.dense_dpo",
     "DenseDPOTrainer": "hf_ext.trainers.dense_dpo",
+    "TextVAEConfig": "hf_ext.trainers.text_vae",
+    "TextVAETrainer": "hf_ext.trainers.text_vae",
+    "CAREConfig": "hf_ext.trainers.care",
+    "CARETrainer": "hf_ext.trainers.care",
+    "ELVConfig": "hf_ext.trainers.elv",
+    "ELVModel": "hf_ext.trainers.elv",
+    "ELVTrainer": "hf_ext.trainers.elv",
+    "VisCPMPaintPipeline": "hf_ext.pipelines.viscpm_paint",
+    "IAPStableDiffusionPipeline": "hf_ext.pipelines.iap",
 }
 
 
@@ -37,5 +46,6 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer  # noqa: F401
+    from .trainers.elv import ELVConfig, ELVModel, ELVTrainer  # noqa: F401
 
 __all__ = ["__version__", *_LAZY_ATTRS]

@@ -9,6 +9,12 @@ import importlib
 
 # One entry per model folder; each package's __init__ performs its own Auto registration.
 _MODEL_PACKAGES: list[str] = [
+    "della",
+    "trace",
+    "beit3",
+    "muffin",
+    "viscpm_chat",
+    "jiuge",
 ]
 
 for _name in _MODEL_PACKAGES:

@@ -1,0 +1,735 @@
+"""DELLA: a variational Transformer with layer-wise latent variables (Hu et al., NAACL 2022).
+
+One GPT-2 backbone serves twice: a bidirectional encoder pass (no causal mask, no latents) gives each layer's token
+states, which are pooled into x^(l); a chain of per-layer latents z_l ~ q(z_l | z_<l, x^(l)) is drawn bottom-up
+(paper Eq. 7-8); a causal decoder pass fuses z_l into layer l's value vectors with a low-rank tensor product
+(Eq. 9, Liu et al. 2018 LMF). The prior p(z_l | z_<l) follows the same recurrent state. Differences from the official
+code (``OpenVLG/DELLA``) are flags in [`DellaConfig`] (KL reduction, pad-masked pooling, fused vs replaced V,
+first-layer prior).
+
+This module imports only torch, transformers and its own folder, so it also works as Hub remote code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedModel
+from transformers import initialization as init
+from transformers.cache_utils import Cache, DynamicCache
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPast
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, eager_attention_forward
+from transformers.pytorch_utils import Conv1D
+from transformers.utils import ModelOutput, logging
+
+from .configuration_della import DellaConfig
+
+logger = logging.get_logger(__name__)
+
+_LOG_2PI = math.log(2 * math.pi)
+
+
+# --------------------------------------------------------------------------------------------- Gaussian helpers
+
+
+def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """log N(z; mean, exp(logvar)) summed over the last dimension."""
+    return -0.5 * (_LOG_2PI + logvar + (z - mean).pow(2) * torch.exp(-logvar)).sum(-1)
+
+
+def gaussian_kl(
+    q_mean: torch.Tensor, q_logvar: torch.Tensor, p_mean: torch.Tensor, p_logvar: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(q_mean, exp(q_logvar)) || N(p_mean, exp(p_logvar))) summed over the last dimension."""
+    return 0.5 * (
+        p_logvar - q_logvar + (torch.exp(q_logvar) + (q_mean - p_mean).pow(2)) * torch.exp(-p_logvar) - 1.0
+    ).sum(-1)
+
+
+# ------------------------------------------------------------------------------------------------- building blocks
+
+
+class DellaLowRankFusion(nn.Module):
+    """Low-rank multimodal fusion (Liu et al., 2018) of a value vector v and a latent z, DELLA Eq. 9.
+
+    ``out = sum_j w_j * (W_v^j [v; 1]) * (W_z^j [z; 1]) + b``: the constant 1 appended to each input keeps the
+    unimodal terms, as in the official code. ``latent`` broadcasts over positions, shape ``(batch, 1 or seq, p)``.
+    """
+
+    def __init__(self, hidden_size: int, latent_size: int, rank: int):
+        super().__init__()
+        self.value_factor = nn.Parameter(torch.empty(rank, hidden_size + 1, hidden_size))
+        self.latent_factor = nn.Parameter(torch.empty(rank, latent_size + 1, hidden_size))
+        self.rank_weight = nn.Parameter(torch.empty(rank))
+        self.bias = nn.Parameter(torch.empty(hidden_size))
+
+    def forward(self, value: torch.Tensor, latent: torch.Tensor) -> torch.Tensor:
+        v = torch.cat([value, value.new_ones(*value.shape[:-1], 1)], dim=-1)
+        z = torch.cat([latent, latent.new_ones(*latent.shape[:-1], 1)], dim=-1)
+        fv = torch.einsum("btd,rdh->rbth", v, self.value_factor)
+        fz = torch.einsum("btp,rph->rbth", z, self.latent_factor)
+        return torch.einsum("r,rbth->bth", self.rank_weight, fv * fz) + self.bias
+
+
+class DellaPooler(nn.Module):
+    """Pools a layer's token states ``(batch, seq, d)`` into one vector per sequence.
+
+    ``"attention"`` is the official ``AverageSelfAttention`` (score = gelu(h . w), softmax over positions); the
+    official code pools pad positions too, which ``mask_padding=False`` reproduces.
+    """
+
+    def __init__(self, hidden_size: int, mode: str, mask_padding: bool):
+        super().__init__()
+        self.mode = mode
+        self.mask_padding = mask_padding
+        if mode == "attention":
+            self.weight = nn.Parameter(torch.empty(hidden_size))
+
+    def forward(self, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        if mask is None or not self.mask_padding:
+            mask = torch.ones(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        mask = mask.bool()
+        if self.mode == "attention":
+            scores = nn.functional.gelu(hidden @ self.weight).masked_fill(~mask, torch.finfo(hidden.dtype).min)
+            return (torch.softmax(scores, dim=-1).unsqueeze(-1) * hidden).sum(1)
+        if self.mode == "mean":
+            m = mask.unsqueeze(-1).to(hidden.dtype)
+            return (hidden * m).sum(1) / m.sum(1).clamp(min=1.0)
+        positions = torch.arange(hidden.shape[1], device=hidden.device)
+        if self.mode == "first":
+            index = torch.where(mask, positions, hidden.shape[1]).min(1).values
+        else:  # last
+            index = torch.where(mask, positions, -1).max(1).values
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), index]
+
+
+class DellaAttention(GPT2Attention):
+    """GPT-2 self-attention whose value vectors can be fused with a latent (DELLA Eq. 9).
+
+    Q and K are untouched. With a KV cache the values are stored *after* fusion, which is exact because the latent of
+    a position never changes once that position is processed.
+    """
+
+    def __init__(self, config, layer_idx: int | None = None, fuse_latent: bool = False):
+        super().__init__(config, is_cross_attention=False, layer_idx=layer_idx)
+        self.value_fusion = getattr(config, "value_fusion", "residual")
+        self.lmf = (
+            DellaLowRankFusion(config.hidden_size, config.latent_size, config.latent_lmf_rank) if fuse_latent else None
+        )
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
+        **kwargs,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query, key, value = self.c_attn(hidden_states).split(self.split_size, dim=2)
+        if latent is not None and self.lmf is not None:
+            fused = self.lmf(value, latent)
+            value = value + fused if self.value_fusion == "residual" else fused
+        shape = (*hidden_states.shape[:-1], -1, self.head_dim)
+        query, key, value = (t.view(shape).transpose(1, 2) for t in (query, key, value))
+        if cache is not None:
+            key, value = cache.update(key, value, self.layer_idx)
+        attention_interface: Callable = ALL_ATTENTION_FUNCTIONS.get_interface(
+            self.config._attn_implementation, eager_attention_forward
+        )
+        kwargs.pop("use_cache", None)
+        attn_output, attn_weights = attention_interface(
+            self,
+            query,
+            key,
+            value,
+            attention_mask,
+            dropout=self.attn_dropout.p if self.training else 0.0,
+            scaling=self.scaling,
+            **kwargs,
+        )
+        attn_output = attn_output.reshape(*attn_output.shape[:-2], -1).contiguous()
+        return self.resid_dropout(self.c_proj(attn_output)), attn_weights
+
+
+class DellaBlock(GPT2Block):
+    """A GPT-2 block (same parameter names, so GPT-2 checkpoints load) whose attention can fuse a latent."""
+
+    def __init__(self, config, layer_idx: int | None = None, fuse_latent: bool = False):
+        if config.add_cross_attention:
+            raise ValueError("DELLA/TRACE blocks do not support `add_cross_attention=True`; set it to False.")
+        super().__init__(config, layer_idx=layer_idx)
+        self.attn = DellaAttention(config, layer_idx=layer_idx, fuse_latent=fuse_latent)
+
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        latent: torch.Tensor | None = None,
+        **kwargs,
+    ) -> torch.Tensor:
+        attn_output, _ = self.attn(
+            self.ln_1(hidden_states), cache=cache, attention_mask=attention_mask, latent=latent, **kwargs
+        )
+        hidden_states = hidden_states + attn_output
+        return hidden_states + self.mlp(self.ln_2(hidden_states))
+
+
+class DellaLatentLayer(nn.Module):
+    """Layer l's latent machinery: pooler, recurrent summary cell (Eq. 7), prior and posterior heads (Eq. 8)."""
+
+    def __init__(self, config: DellaConfig):
+        super().__init__()
+        p, d = config.latent_size, config.hidden_size
+        self.pooler = DellaPooler(d, config.pooling, config.pooling_mask_padding)
+        self.state_hh = nn.Linear(p, p)
+        self.state_ih = nn.Linear(p, p)
+        self.prior = nn.Linear(p + (d if config.conditional else 0), 2 * p)
+        self.posterior = nn.Linear(p + d, 2 * p)
+
+
+# ---------------------------------------------------------------------------------------------------------- outputs
+
+
+@dataclass
+class DellaLatentOutput(ModelOutput):
+    """Latents and the Gaussian parameters that produced them, stacked over latent layers / segments.
+
+    Args:
+        latents (`torch.FloatTensor` of shape `(batch, num_latents, latent_size)`): the sampled (or mean) latents.
+        prior_mean, prior_logvar (`torch.FloatTensor` of shape `(batch, num_latents, latent_size)`):
+            parameters of p(z_l | z_<l), evaluated at the drawn lower latents.
+        posterior_mean, posterior_logvar (`torch.FloatTensor`, *optional*): parameters of q(z_l | z_<l, x);
+            `None` when the latents were drawn from the prior.
+    """
+
+    latents: torch.FloatTensor | None = None
+    prior_mean: torch.FloatTensor | None = None
+    prior_logvar: torch.FloatTensor | None = None
+    posterior_mean: torch.FloatTensor | None = None
+    posterior_logvar: torch.FloatTensor | None = None
+
+
+@dataclass
+class TextVAEOutput(ModelOutput):
+    """Output of a text VAE's forward pass (shared by DELLA and TRACE).
+
+    Args:
+        loss (`torch.FloatTensor`, *optional*): ``rec_loss.mean() + kl_weight * KL`` (after free bits), returned when
+            `labels` are given and the latents came from the posterior.
+        logits (`torch.FloatTensor` of shape `(batch, seq, vocab)`): next-token logits.
+        cache (`Cache`, *optional*): the KV cache.
+        rec_loss (`torch.FloatTensor` of shape `(batch,)`, *optional*): -log p(x | z), summed over target tokens.
+        kl (`torch.FloatTensor` of shape `(batch,)`, *optional*): the KL term per sequence, reduced over latent
+            groups as the config says (`kl_reduction`).
+        kl_per_group (`torch.FloatTensor` of shape `(batch, num_latents)`, *optional*): KL of each layer / segment.
+        log_prior, log_posterior (`torch.FloatTensor` of shape `(batch,)`, *optional*): log p(z) and log q(z | x) of
+            the drawn latents, summed over all groups (what importance-weighted PPL needs).
+        num_tokens (`torch.LongTensor` of shape `(batch,)`, *optional*): number of target tokens per sequence.
+        latent_output ([`DellaLatentOutput`], *optional*): the latents and their Gaussian parameters.
+    """
+
+    loss: torch.FloatTensor | None = None
+    logits: torch.FloatTensor | None = None
+    cache: Cache | None = None
+    rec_loss: torch.FloatTensor | None = None
+    kl: torch.FloatTensor | None = None
+    kl_per_group: torch.FloatTensor | None = None
+    log_prior: torch.FloatTensor | None = None
+    log_posterior: torch.FloatTensor | None = None
+    num_tokens: torch.LongTensor | None = None
+    latent_output: DellaLatentOutput | None = None
+
+
+# ----------------------------------------------------------------------------------------------------------- models
+
+
+class DellaPreTrainedModel(PreTrainedModel):
+    config: DellaConfig
+    config_class = DellaConfig
+    base_model_prefix = "transformer"
+    supports_gradient_checkpointing = False
+    _no_split_modules = ["DellaBlock"]
+    _supports_sdpa = True
+    _supports_attention_backend = True
+
+    def _init_weights(self, module: nn.Module) -> None:
+        super()._init_weights(module)
+        std = self.config.initializer_range
+        if isinstance(module, Conv1D):
+            init.normal_(module.weight, mean=0.0, std=std)
+            if module.bias is not None:
+                init.zeros_(module.bias)
+        if isinstance(module, GPT2Attention):
+            init.normal_(module.c_proj.weight, mean=0.0, std=std / math.sqrt(2 * self.config.n_layer))
+        elif isinstance(module, DellaLowRankFusion):
+            init.normal_(module.value_factor, mean=0.0, std=std)
+            init.normal_(module.latent_factor, mean=0.0, std=std)
+            init.zeros_(module.bias)
+            if self.config.value_fusion == "residual":
+                # fused term starts at zero: the (pretrained) value path is intact at step 0
+                init.zeros_(module.rank_weight)
+            else:
+                init.normal_(module.rank_weight, mean=0.0, std=std)
+        elif isinstance(module, DellaPooler) and hasattr(module, "weight"):
+            init.normal_(module.weight, mean=0.0, std=std)
+
+
+def _check_text_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, what: str) -> None:
+    if input_ids is None:
+        raise ValueError(f"{what} needs `input_ids` (the text to encode).")
+    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
+        raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
+    if attention_mask is not None:
+        empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"{what}: rows {empty} of `attention_mask` are all zeros (empty text); remove empty texts before "
+                "encoding them."
+            )
+
+
+class DellaModel(DellaPreTrainedModel):
+    """The shared GPT-2 backbone plus DELLA's latent layers; returns hidden states (no LM head).
+
+    ``forward`` runs the *decoder* pass given latents (or a plain GPT-2 pass without them); :meth:`encoder_states`
+    runs the bidirectional encoder pass; :meth:`latent_chain` draws the layer-wise latents.
+    """
+
+    def __init__(self, config: DellaConfig):
+        super().__init__(config)
+        self.embed_dim = config.hidden_size
+        self.wte = nn.Embedding(config.vocab_size, self.embed_dim)
+        self.wpe = nn.Embedding(config.max_position_embeddings, self.embed_dim)
+        self.drop = nn.Dropout(config.embd_pdrop)
+        latent_ids = config.latent_layer_ids
+        fuse = config.latent_injection == "lmf"
+        self.h = nn.ModuleList(
+            [DellaBlock(config, layer_idx=i, fuse_latent=fuse and i in latent_ids) for i in range(config.n_layer)]
+        )
+        self.ln_f = nn.LayerNorm(self.embed_dim, eps=config.layer_norm_epsilon)
+        self.latent_layers = nn.ModuleList([DellaLatentLayer(config) for _ in latent_ids])
+        if config.latent_injection == "embedding":
+            self.latent_proj = nn.Linear(config.latent_size * len(latent_ids), self.embed_dim, bias=False)
+        self.post_init()
+
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.wte
+
+    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
+        self.wte = new_embeddings
+
+    def _embed(self, input_ids, inputs_embeds, position_ids, cache):
+        if (input_ids is None) ^ (inputs_embeds is not None):
+            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
+        if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
+        if int(position_ids.max()) >= self.config.max_position_embeddings:
+            raise ValueError(
+                f"The sequence is longer than the context: position {int(position_ids.max())} >= "
+                f"n_positions={self.config.max_position_embeddings}. Truncate the text (e.g. the tokenizer's "
+                "`max_length`)."
+            )
+        return inputs_embeds, position_ids, inputs_embeds + self.wpe(position_ids)
+
+    def encoder_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None
+    ) -> list[torch.Tensor]:
+        """Bidirectional encoder pass (no causal mask, no latents): the output of every block, ``(batch, seq, d)``."""
+        inputs_embeds, position_ids, hidden = self._embed(input_ids, None, None, None)
+        mask = create_bidirectional_mask(
+            config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
+        )
+        hidden = self.drop(hidden)
+        states = []
+        for block in self.h:
+            hidden = block(hidden, attention_mask=mask, position_ids=position_ids, is_causal=False)
+            states.append(hidden)
+        return states
+
+    def latent_chain(
+        self,
+        batch_size: int,
+        posterior_features: list[torch.Tensor] | None = None,
+        condition_features: list[torch.Tensor] | None = None,
+        latents: torch.Tensor | None = None,
+        use_mean: bool = False,
+        temperature: float = 1.0,
+    ) -> DellaLatentOutput:
+        """Draw z_1..z_L bottom-up (Eq. 7-8), from the posterior if ``posterior_features`` is given, else the prior.
+
+        Args:
+            batch_size (`int`): number of sequences.
+            posterior_features (`list[torch.Tensor]`, *optional*): pooled encoder state x^(l) per latent layer.
+            condition_features (`list[torch.Tensor]`, *optional*): pooled source state c^(l) (conditional variant).
+            latents (`torch.Tensor`, *optional*): evaluate the densities at these latents instead of sampling.
+            use_mean (`bool`, *optional*, defaults to `False`): take each Gaussian's mean instead of a sample.
+            temperature (`float`, *optional*, defaults to 1.0): scales the sampling noise.
+        """
+        cfg = self.config
+        ref = self.wte.weight
+        p = cfg.latent_size
+        if cfg.conditional and condition_features is None:
+            raise ValueError("This DELLA model is conditional: pass the source (`source_mask`) to draw latents.")
+        state = ref.new_zeros(batch_size, p)
+        z_prev = ref.new_zeros(batch_size, p)
+        out = {k: [] for k in ("z", "pm", "plv", "qm", "qlv")}
+        clamp = cfg.latent_clamp
+        for i, layer in enumerate(self.latent_layers):
+            state = torch.tanh(layer.state_hh(state) + layer.state_ih(z_prev))
+            if i == 0 and cfg.first_layer_prior == "standard" and not cfg.conditional:
+                p_mean, p_logvar = ref.new_zeros(batch_size, p), ref.new_zeros(batch_size, p)
+            else:
+                prior_in = state if not cfg.conditional else torch.cat([state, condition_features[i]], dim=-1)
+                p_mean, p_logvar = layer.prior(prior_in).chunk(2, dim=-1)
+                if clamp is not None:
+                    p_mean, p_logvar = p_mean.clamp(-clamp, clamp), p_logvar.clamp(-clamp, clamp)
+            mean, logvar = p_mean, p_logvar
+            if posterior_features is not None:
+                mean, logvar = layer.posterior(torch.cat([state, posterior_features[i]], dim=-1)).chunk(2, dim=-1)
+                if clamp is not None:
+                    mean, logvar = mean.clamp(-clamp, clamp), logvar.clamp(-clamp, clamp)
+                out["qm"].append(mean)
+                out["qlv"].append(logvar)
+            if latents is not None:
+                z = latents[:, i]
+            elif use_mean:
+                z = mean
+            else:
+                z = mean + temperature * torch.exp(0.5 * logvar) * torch.randn_like(mean)
+            out["z"].append(z)
+            out["pm"].append(p_mean)
+            out["plv"].append(p_logvar)
+            z_prev = z
+        post = posterior_features is not None
+        return DellaLatentOutput(
+            latents=torch.stack(out["z"], 1),
+            prior_mean=torch.stack(out["pm"], 1),
+            prior_logvar=torch.stack(out["plv"], 1),
+            posterior_mean=torch.stack(out["qm"], 1) if post else None,
+            posterior_logvar=torch.stack(out["qlv"], 1) if post else None,
+        )
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        latents: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        **kwargs,
+    ) -> BaseModelOutputWithPast:
+        """Causal decoder pass. ``latents``: ``(batch, num_latent_layers, latent_size)``; ``None`` runs plain GPT-2."""
+        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
+        if use_cache and cache is None:
+            cache = DynamicCache(config=self.config)
+        inputs_embeds, position_ids, hidden = self._embed(input_ids, inputs_embeds, position_ids, cache)
+        causal_mask = create_causal_mask(
+            config=self.config,
+            inputs_embeds=inputs_embeds,
+            attention_mask=attention_mask,
+            cache=cache,
+            position_ids=position_ids,
+        )
+        layer_latent = {}
+        if latents is not None:
+            ids = self.config.latent_layer_ids
+            if latents.dim() != 3 or latents.shape[1:] != (len(ids), self.config.latent_size):
+                raise ValueError(
+                    f"`latents` must have shape (batch, {len(ids)}, {self.config.latent_size}), got "
+                    f"{tuple(latents.shape)}."
+                )
+            if self.config.latent_injection == "embedding":
+                hidden = hidden + self.latent_proj(latents.flatten(1)).unsqueeze(1)
+            else:
+                layer_latent = {layer: latents[:, j : j + 1] for j, layer in enumerate(ids)}
+        hidden = self.drop(hidden)
+        for i, block in enumerate(self.h):
+            hidden = block(
+                hidden,
+                cache=cache,
+                attention_mask=causal_mask,
+                latent=layer_latent.get(i),
+                position_ids=position_ids,
+                **kwargs,
+            )
+        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden), cache=cache if use_cache else None)
+
+
+def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed next-token NLL and number of target tokens (labels == -100 are ignored)."""
+    shift_logits = logits[:, :-1].float()
+    shift_labels = labels[:, 1:]
+    nll = nn.functional.cross_entropy(
+        shift_logits.reshape(-1, shift_logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(shift_labels.shape)
+    return nll.sum(1), (shift_labels != -100).sum(1)
+
+
+def kl_loss_with_free_bits(kl_per_group: torch.Tensor, reduction: str, free_bits: float) -> torch.Tensor:
+    """Batch-mean KL for the loss: per group ``max(free_bits, mean_batch KL_g)``, then summed or averaged."""
+    per_group = kl_per_group.mean(0)
+    if free_bits > 0:
+        per_group = per_group.clamp(min=free_bits)
+    return per_group.sum() if reduction == "sum" else per_group.mean()
+
+
+class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
+    """DELLA with a language-modelling head: trains on the ELBO, generates from prior or posterior latents.
+
+    Example:
+
+    ```python
+    >>> from hf_ext.models.della import DellaConfig, DellaForCausalLM
+    >>> model = DellaForCausalLM(DellaConfig(vocab_size=100, n_embd=32, n_layer=2, n_head=2, latent_size=8))
+    >>> ids = torch.randint(0, 100, (2, 7))
+    >>> out = model(ids, labels=ids)  # out.loss = rec + kl_weight * KL
+    >>> z = model.sample_latents(2)  # from the prior
+    >>> text = model.generate(ids[:, :1], latents=z, max_new_tokens=5, do_sample=True)
+    ```
+    """
+
+    _tied_weights_keys = {"lm_head.weight": "transformer.wte.weight"}
+
+    def __init__(self, config: DellaConfig):
+        super().__init__(config)
+        self.transformer = DellaModel(config)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.bow_weight > 0:
+            self.bow_head = nn.Linear(config.latent_size * len(config.latent_layer_ids), config.vocab_size)
+        # beta of the KL term; a training callback (hf_ext.trainers.text_vae.CyclicalBetaCallback) updates it
+        self.kl_weight = 1.0
+        self.post_init()
+
+    # ------------------------------------------------------------------------------------------------ public API
+
+    def encode(
+        self,
+        input_ids: torch.LongTensor,
+        attention_mask: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+        use_mean: bool = False,
+    ) -> DellaLatentOutput:
+        """Posterior latents of a text (to reconstruct or interpolate it): ``q(z | x)``, sampled or its mean.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): the text (source + target when conditional).
+            attention_mask (`torch.Tensor`, *optional*): 1 for real tokens, 0 for padding.
+            source_mask (`torch.Tensor`, *optional*): conditional variant only, 1 on source tokens.
+            use_mean (`bool`, *optional*, defaults to `False`): return the posterior means instead of samples.
+        """
+        _check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.encode")
+        post, cond = self._features(input_ids, attention_mask, source_mask)
+        return self.transformer.latent_chain(
+            input_ids.shape[0], posterior_features=post, condition_features=cond, use_mean=use_mean
+        )
+
+    def sample_latents(
+        self,
+        batch_size: int = 1,
+        source_ids: torch.LongTensor | None = None,
+        source_attention_mask: torch.Tensor | None = None,
+        temperature: float = 1.0,
+    ) -> torch.Tensor:
+        """Draw latents from the prior p(z) (or p(z | c) with ``source_ids`` for the conditional variant).
+
+        Returns:
+            `torch.Tensor` of shape `(batch_size, num_latent_layers, latent_size)`.
+        """
+        cond = None
+        if self.config.conditional:
+            _check_text_inputs(source_ids, source_attention_mask, "sample_latents (conditional DELLA)")
+            batch_size = source_ids.shape[0]
+            cond = self._condition_features(source_ids, source_attention_mask)
+        elif source_ids is not None:
+            raise ValueError("`source_ids` is only used by a conditional DELLA (config.conditional=True).")
+        return self.transformer.latent_chain(batch_size, condition_features=cond, temperature=temperature).latents
+
+    @classmethod
+    def from_backbone(cls, path: str, init_lm_head: bool = True, **config_kwargs) -> DellaForCausalLM:
+        """Build a DELLA model whose backbone (``wte``, ``wpe``, blocks, ``ln_f``) is a GPT-2 checkpoint.
+
+        Args:
+            path (`str`): a local directory or Hub id of a `GPT2LMHeadModel` / `GPT2Model` checkpoint.
+            init_lm_head (`bool`, *optional*, defaults to `True`): with an untied head
+                (``tie_word_embeddings=False``), copy GPT-2's output embedding into it. The official code leaves it
+                randomly initialised; pass `False` to reproduce that.
+            config_kwargs: DELLA options (``latent_size=...``) overriding the defaults.
+        """
+        backbone = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32)
+        cfg_dict = backbone.config.to_dict()
+        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
+            cfg_dict.pop(key, None)
+        cfg_dict.update(config_kwargs)
+        model = cls(DellaConfig(**cfg_dict))
+        missing, unexpected = model.transformer.load_state_dict(backbone.transformer.state_dict(), strict=False)
+        if unexpected:
+            raise ValueError(f"GPT-2 checkpoint {path!r} has weights DELLA cannot place: {unexpected[:5]} ...")
+        if not model.config.tie_word_embeddings and init_lm_head:
+            model.lm_head.weight.data.copy_(backbone.lm_head.weight.data)
+        model.tie_weights()
+        logger.info("Initialised DELLA from %s; %d new latent parameters tensors.", path, len(missing))
+        return model
+
+    # -------------------------------------------------------------------------------------------------- internals
+
+    def _condition_features(self, source_ids, source_attention_mask) -> list[torch.Tensor]:
+        states = self.transformer.encoder_states(source_ids, source_attention_mask)
+        ids = self.config.latent_layer_ids
+        return [
+            layer.pooler(states[i], source_attention_mask) for layer, i in zip(self.transformer.latent_layers, ids)
+        ]
+
+    def _features(self, input_ids, attention_mask, source_mask):
+        states = self.transformer.encoder_states(input_ids, attention_mask)
+        ids = self.config.latent_layer_ids
+        layers = self.transformer.latent_layers
+        post = [layer.pooler(states[i], attention_mask) for layer, i in zip(layers, ids)]
+        cond = None
+        if self.config.conditional:
+            if source_mask is None:
+                raise ValueError("A conditional DELLA needs `source_mask` (1 on source tokens) in forward/encode.")
+            src_mask = source_mask if attention_mask is None else source_mask * attention_mask
+            if (src_mask.sum(-1) == 0).any():
+                raise ValueError("`source_mask` marks no source token in some rows; every example needs a source.")
+            # the source is encoded alone: its tokens may not attend to the target
+            cond = self._condition_features(input_ids, src_mask)
+        return post, cond
+
+    def _bow_loss(self, latents: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        logp = torch.log_softmax(self.bow_head(latents.flatten(1)), dim=-1)
+        target = labels.clamp(min=0)
+        nll = -logp.gather(1, target) * (labels != -100)
+        return nll.sum(1)
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.LongTensor | None = None,
+        latents: torch.Tensor | None = None,
+        source_mask: torch.Tensor | None = None,
+        cache: Cache | None = None,
+        use_cache: bool | None = None,
+        position_ids: torch.LongTensor | None = None,
+        kl_weight: float | None = None,
+        use_mean: bool = False,
+        **kwargs,
+    ) -> TextVAEOutput:
+        """Encode (unless ``latents`` is given), decode, and compute the ELBO loss when ``labels`` are given.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`): the text.
+            attention_mask (`torch.Tensor`, *optional*): 1 for real tokens.
+            labels (`torch.LongTensor`, *optional*): next-token targets (`-100` = ignored, e.g. padding or source).
+            latents (`torch.Tensor`, *optional*): decode with these latents; skips the encoder and the KL.
+            source_mask (`torch.Tensor`, *optional*): conditional variant, 1 on source tokens.
+            kl_weight (`float`, *optional*): beta; defaults to ``self.kl_weight`` (set by the beta callback).
+            use_mean (`bool`, *optional*, defaults to `False`): use posterior means instead of samples.
+        """
+        latent_out = None
+        if latents is None:
+            _check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.forward")
+            post, cond = self._features(input_ids, attention_mask, source_mask)
+            latent_out = self.transformer.latent_chain(
+                input_ids.shape[0], posterior_features=post, condition_features=cond, use_mean=use_mean
+            )
+            latents = latent_out.latents
+        out = self.transformer(
+            input_ids,
+            attention_mask=attention_mask,
+            latents=latents,
+            cache=cache,
+            use_cache=use_cache,
+            position_ids=position_ids,
+            **kwargs,
+        )
+        logits = self.lm_head(out.last_hidden_state)
+        result = TextVAEOutput(logits=logits, cache=out.cache, latent_output=latent_out)
+        if latent_out is not None:
+            lo = latent_out
+            result.kl_per_group = gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar)
+            per_group = result.kl_per_group
+            result.kl = per_group.sum(1) if self.config.kl_reduction == "sum" else per_group.mean(1)
+            result.log_prior = gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar).sum(1)
+            result.log_posterior = gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar).sum(1)
+        if labels is not None:
+            result.rec_loss, result.num_tokens = token_nll(logits, labels)
+            loss = result.rec_loss.mean()
+            if latent_out is not None:
+                beta = self.kl_weight if kl_weight is None else kl_weight
+                kl_term = kl_loss_with_free_bits(result.kl_per_group, self.config.kl_reduction, self.config.free_bits)
+                loss = loss + beta * kl_term
+                if self.config.bow_weight > 0:
+                    loss = loss + self.config.bow_weight * self._bow_loss(latents, labels).mean()
+            result.loss = loss
+        return result
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        latents: torch.Tensor | None = None,
+        temperature_latent: float = 1.0,
+        **kwargs,
+    ):
+        """`GenerationMixin.generate` with latents: given ``latents`` (e.g. from :meth:`encode`) or drawn from the
+        prior (for a conditional model, the prior given the prompt = source). Decoding uses the KV cache; beams and
+        ``num_return_sequences`` expand the latents like any other model input.
+        """
+        if input_ids is None:
+            bos = self.generation_config.bos_token_id
+            if bos is None:
+                bos = self.config.bos_token_id
+            if bos is None:
+                raise ValueError("Pass `input_ids` (a prompt), or set `bos_token_id` to generate from scratch.")
+            input_ids = torch.full((1 if latents is None else latents.shape[0], 1), bos, device=self.device)
+        if latents is None:
+            if self.config.conditional:
+                latents = self.sample_latents(
+                    source_ids=input_ids,
+                    source_attention_mask=kwargs.get("attention_mask"),
+                    temperature=temperature_latent,
+                )
+            else:
+                latents = self.sample_latents(input_ids.shape[0], temperature=temperature_latent)
+        elif latents.shape[0] != input_ids.shape[0]:
+            raise ValueError(
+                f"`latents` has batch size {latents.shape[0]} but `input_ids` has {input_ids.shape[0]}; they must match."
+            )
+        return super().generate(input_ids=input_ids, latents=latents, **kwargs)
+
+
+class DellaForConditionalGeneration(DellaForCausalLM):
+    """Conditional DELLA (paper Eq. 11-12) for source -> target tasks on a GPT-2 backbone: inputs are source and target
+    concatenated; ``source_mask`` marks the source; labels should be -100 on the source (as the official
+    ``WPDataset``). The prior of every layer sees the pooled source c^(l); generation prompts with the source.
+    """
+
+    def __init__(self, config: DellaConfig):
+        if not config.conditional:
+            config.conditional = True
+        super().__init__(config)
+
+
+__all__ = [
+    "DellaPreTrainedModel",
+    "DellaModel",
+    "DellaForCausalLM",
+    "DellaForConditionalGeneration",
+    "DellaLatentOutput",
+    "TextVAEOutput",
+    "gaussian_kl",
+    "gaussian_log_prob",
+]

@@ -1,0 +1,232 @@
+"""Training text VAEs (DELLA, TRACE) with transformers' `Trainer`: cyclical beta, free bits, ELBO logging.
+
+* :func:`cyclical_beta` and :class:`CyclicalBetaCallback`: the cyclical KL-weight schedule (Fu et al., 2019) used by
+  DELLA's ``train.py``: in each cycle beta stays at ``beta_min`` for ``ratio_zero`` of the cycle, rises linearly to
+  ``beta_max`` over ``ratio_increase``, then stays at ``beta_max``. The callback works with a plain ``Trainer``: it
+  sets ``model.kl_weight``, which the models' loss reads.
+* :class:`DataCollatorForTextVAE`: pads token lists, masks padding (and an optional source prefix) out of the labels.
+* :class:`TextVAEConfig` / :class:`TextVAETrainer`: a ``TrainingArguments`` subclass with the schedule and free-bits
+  options, and a ``Trainer`` that installs the callback and logs ``rec_loss``, ``kl``, ``beta`` and ``elbo``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["cyclical_beta", "CyclicalBetaCallback", "DataCollatorForTextVAE", "TextVAEConfig", "TextVAETrainer"]
+
+
+def cyclical_beta(
+    step: int,
+    cycle_steps: int,
+    beta_min: float = 1e-5,
+    beta_max: float = 1.0,
+    ratio_zero: float = 0.5,
+    ratio_increase: float = 0.25,
+) -> float:
+    """KL weight at ``step`` of a cyclical schedule with period ``cycle_steps``.
+
+    The default ratios are DELLA's ("first half 1e-5, next quarter linear, last quarter 1").
+
+    Args:
+        step (`int`): the optimisation step (0-based).
+        cycle_steps (`int`): steps per cycle (>= 1).
+        beta_min, beta_max (`float`): the low and high KL weights.
+        ratio_zero (`float`, *optional*, defaults to 0.5): share of the cycle at ``beta_min``.
+        ratio_increase (`float`, *optional*, defaults to 0.25): share of the cycle of linear increase.
+    """
+    if cycle_steps < 1:
+        raise ValueError(f"`cycle_steps` must be >= 1, got {cycle_steps}.")
+    if ratio_zero < 0 or ratio_increase < 0 or ratio_zero + ratio_increase > 1:
+        raise ValueError(
+            f"`ratio_zero` ({ratio_zero}) and `ratio_increase` ({ratio_increase}) must be >= 0 and sum to <= 1."
+        )
+    t = (step % cycle_steps) / cycle_steps
+    if t < ratio_zero:
+        return beta_min
+    if ratio_increase > 0 and t < ratio_zero + ratio_increase:
+        return beta_min + (beta_max - beta_min) * (t - ratio_zero) / ratio_increase
+    return beta_max
+
+
+class CyclicalBetaCallback(TrainerCallback):
+    """Sets ``model.kl_weight`` before every step from :func:`cyclical_beta` (or a constant when ``cycle_steps`` is 0).
+
+    Args:
+        cycle_steps (`int`, *optional*): steps per cycle; default: ``max_steps // num_cycles`` at train begin.
+        num_cycles (`int`, *optional*, defaults to 4): cycles over training when ``cycle_steps`` is not given.
+        beta_min, beta_max, ratio_zero, ratio_increase: see :func:`cyclical_beta`.
+    """
+
+    def __init__(
+        self,
+        cycle_steps: int | None = None,
+        num_cycles: int = 4,
+        beta_min: float = 1e-5,
+        beta_max: float = 1.0,
+        ratio_zero: float = 0.5,
+        ratio_increase: float = 0.25,
+    ):
+        self.cycle_steps = cycle_steps
+        self.num_cycles = num_cycles
+        self.kwargs = dict(beta_min=beta_min, beta_max=beta_max, ratio_zero=ratio_zero, ratio_increase=ratio_increase)
+        self.beta = beta_max
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if self.cycle_steps is None:
+            if self.num_cycles < 1:
+                raise ValueError(f"`num_cycles` must be >= 1, got {self.num_cycles}.")
+            self.cycle_steps = max(1, math.ceil(state.max_steps / self.num_cycles))
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.beta = cyclical_beta(state.global_step, self.cycle_steps, **self.kwargs)
+        target = getattr(model, "module", model)  # unwrap DDP
+        if target is not None:
+            target.kl_weight = self.beta
+
+
+@dataclass
+class DataCollatorForTextVAE:
+    """Pads ``input_ids`` (lists of ints) to the longest example, right side.
+
+    Returns ``input_ids``, ``attention_mask`` and ``labels`` (``-100`` on padding, and on the source when an example
+    has ``source_length`` = number of leading source tokens; then ``source_mask`` is returned too, for conditional
+    DELLA).
+
+    Args:
+        pad_token_id (`int`): the id used for padding (ignored by the loss through the mask).
+    """
+
+    pad_token_id: int
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        if not features:
+            raise ValueError("DataCollatorForTextVAE got an empty batch.")
+        lengths = [len(f["input_ids"]) for f in features]
+        for i, n in enumerate(lengths):
+            if n == 0:
+                raise ValueError(f"Example {i} of the batch has no tokens (empty text); filter empty lines first.")
+        width = max(lengths)
+        ids = torch.full((len(features), width), self.pad_token_id, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for i, f in enumerate(features):
+            ids[i, : lengths[i]] = torch.as_tensor(f["input_ids"], dtype=torch.long)
+            mask[i, : lengths[i]] = 1
+        labels = ids.masked_fill(mask == 0, -100)
+        batch = {"input_ids": ids, "attention_mask": mask, "labels": labels}
+        if "source_length" in features[0]:
+            src = torch.zeros_like(mask)
+            for i, f in enumerate(features):
+                src[i, : f["source_length"]] = 1
+            batch["source_mask"] = src
+            batch["labels"] = labels.masked_fill(src == 1, -100)
+        return batch
+
+
+@dataclass
+class TextVAEConfig(TrainingArguments):
+    r"""`TrainingArguments` plus the KL schedule and free bits of text-VAE training.
+
+    > Parameters that control the KL term
+
+    Args:
+        beta_schedule (`str`, *optional*, defaults to `"cyclical"`): ``"cyclical"`` (DELLA's default) or ``"constant"``.
+        num_cycles (`int`, *optional*, defaults to 4): number of beta cycles over training (ignored when
+            ``cycle_steps`` is set). DELLA uses one cycle per 2 epochs.
+        cycle_steps (`int`, *optional*): steps per cycle.
+        beta_min (`float`, *optional*, defaults to 1e-5), beta_max (`float`, *optional*, defaults to 1.0): the range.
+        ratio_zero (`float`, *optional*, defaults to 0.5), ratio_increase (`float`, *optional*, defaults to 0.25):
+            the cycle's shape.
+        free_bits (`float`, *optional*): if set, overrides ``model.config.free_bits`` (nats per latent group).
+    """
+
+    beta_schedule: str = field(
+        default="cyclical", metadata={"help": "KL weight schedule.", "choices": ["cyclical", "constant"]}
+    )
+    num_cycles: int = field(default=4, metadata={"help": "Beta cycles over training (if cycle_steps is unset)."})
+    cycle_steps: int | None = field(default=None, metadata={"help": "Steps per beta cycle."})
+    beta_min: float = field(default=1e-5, metadata={"help": "Lowest KL weight of a cycle."})
+    beta_max: float = field(default=1.0, metadata={"help": "Highest KL weight (the constant weight if constant)."})
+    ratio_zero: float = field(default=0.5, metadata={"help": "Share of a cycle at beta_min."})
+    ratio_increase: float = field(default=0.25, metadata={"help": "Share of a cycle rising linearly to beta_max."})
+    free_bits: float | None = field(
+        default=None, metadata={"help": "Free-bits threshold per latent group (overrides the model config)."}
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.beta_schedule not in ("cyclical", "constant"):
+            raise ValueError(f"`beta_schedule` must be 'cyclical' or 'constant', got {self.beta_schedule!r}.")
+        if self.free_bits is not None and self.free_bits < 0:
+            raise ValueError(f"`free_bits` must be >= 0, got {self.free_bits}.")
+
+
+class TextVAETrainer(Trainer):
+    """`Trainer` for DELLA / TRACE (any model whose output has ``rec_loss`` and ``kl``).
+
+    Installs a :class:`CyclicalBetaCallback` (or a constant beta), applies ``args.free_bits`` to the model config,
+    defaults the collator to :class:`DataCollatorForTextVAE`, and logs ``rec_loss``, ``kl``, ``elbo`` (per sequence,
+    ``-(rec + KL)`` with the model's KL reduction) and ``beta`` for train and eval.
+    """
+
+    def __init__(self, model=None, args: TextVAEConfig | None = None, data_collator=None, **kwargs):
+        if args is None:
+            args = TextVAEConfig("text-vae")
+        if not isinstance(args, TextVAEConfig):
+            raise ValueError("TextVAETrainer needs `args` to be a TextVAEConfig (it carries the KL schedule).")
+        if data_collator is None:
+            pad = model.config.pad_token_id if model.config.pad_token_id is not None else model.config.eos_token_id
+            if pad is None:
+                raise ValueError("Set `model.config.pad_token_id` (or pass a data_collator) to pad text batches.")
+            data_collator = DataCollatorForTextVAE(pad_token_id=pad)
+        super().__init__(model=model, args=args, data_collator=data_collator, **kwargs)
+        if args.free_bits is not None:
+            self.model.config.free_bits = args.free_bits
+        if args.beta_schedule == "cyclical":
+            self.beta_callback = CyclicalBetaCallback(
+                cycle_steps=args.cycle_steps,
+                num_cycles=args.num_cycles,
+                beta_min=args.beta_min,
+                beta_max=args.beta_max,
+                ratio_zero=args.ratio_zero,
+                ratio_increase=args.ratio_increase,
+            )
+            self.add_callback(self.beta_callback)
+        else:
+            self.model.kl_weight = args.beta_max
+        self._metrics = {"train": defaultdict(list), "eval": defaultdict(list)}
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        mode = "train" if model.training else "eval"
+        if outputs.rec_loss is not None:
+            self._metrics[mode]["rec_loss"].append(outputs.rec_loss.mean().item())
+        if outputs.kl is not None:
+            self._metrics[mode]["kl"].append(outputs.kl.mean().item())
+            self._metrics[mode]["elbo"].append(-(outputs.rec_loss + outputs.kl).mean().item())
+        self._metrics[mode]["beta"].append(float(getattr(self.accelerator.unwrap_model(model), "kl_weight", 1.0)))
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        inputs = self._prepare_inputs(inputs)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            loss = self.compute_loss(model, inputs)
+        return loss.detach(), None, None
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        mode = "eval" if any(k.startswith("eval_") for k in logs) else "train"
+        metrics = {k: sum(v) / len(v) for k, v in self._metrics[mode].items() if v}
+        if mode == "eval":
+            metrics = {f"eval_{k}": v for k, v in metrics.items()}
+        logs.update(metrics)
+        super().log(logs, start_time)
+        self._metrics[mode].clear()
