@@ -241,3 +241,42 @@ def test_pipeline_round_trip(build, local_hub):
     expected = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
     got = loaded(**kwargs, generator=torch.Generator().manual_seed(0)).images
     np.testing.assert_array_equal(got, expected)
+
+
+# ----------------------------------------------------------------------------------------------- training runs
+def test_trainer_pushes_checkpoints_and_card(local_hub, tmp_path):
+    """`push_to_hub=True` in the trainer arguments: checkpoints, code and an hf_ext model card land on the Hub."""
+    from datasets import Dataset
+    from huggingface_hub import ModelCard
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.models.della import DellaConfig, DellaForCausalLM
+    from hf_ext.trainers.text_vae import TextVAEConfig, TextVAETrainer
+
+    torch.manual_seed(0)
+    model = DellaForCausalLM(_vae_config(DellaConfig))
+    g = torch.Generator().manual_seed(0)
+    data = Dataset.from_list([{"input_ids": torch.randint(2, 40, (8,), generator=g).tolist()} for _ in range(8)])
+    repo = _repo("della-run")
+    args = TextVAEConfig(
+        output_dir=str(tmp_path / "run"),
+        max_steps=2,
+        per_device_train_batch_size=4,
+        save_steps=1,
+        report_to=[],
+        use_cpu=True,
+        push_to_hub=True,
+        hub_model_id=repo,
+        hub_strategy="every_save",
+    )
+    trainer = TextVAETrainer(model=model, args=args, train_dataset=data)
+    trainer.train()
+    trainer.push_to_hub()
+    files = set(HfApi().list_repo_files(repo))
+    assert {"model.safetensors", "config.json", "modeling_della.py", "README.md"} <= files
+    card = ModelCard.load(repo)
+    assert "2207.06130" in card.text and "della" in card.data.tags
+    assert len(HfApi().list_repo_commits(repo)) >= 3  # initial + one per save + the final push
+    loaded = AutoModelForCausalLM.from_pretrained(repo)
+    for (name, a), b in zip(trainer.model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

@@ -391,7 +391,8 @@ Rows that could not be converted: {bad_rows or "none"}.
 class HfExtModelCardMixin:
     """Mixin for hf_ext trainers (``transformers.Trainer`` or TRL subclasses): their model card is hf_ext's.
 
-    Set ``_hf_ext_card_family`` on the trainer class. ``Trainer.push_to_hub`` and ``save_model`` call
+    Set ``_hf_ext_card_family`` on the trainer class (left empty, the family is inferred from the model's
+    ``config.model_type``, e.g. ``della`` or ``trace``). ``Trainer.push_to_hub`` and ``save_model`` call
     ``create_model_card``, which then writes ``README.md`` in ``args.output_dir`` from the family's template, with
     the paper's citation, the training configuration and, where applicable, the reconstruction statement.
     """
@@ -415,8 +416,13 @@ class HfExtModelCardMixin:
         model_id = model_name or hub_id or Path(self.args.output_dir).name
         datasets = [dataset_name] if isinstance(dataset_name, str) else kwargs.get("dataset")
         extra = [tags] if isinstance(tags, str) else list(tags or [])
+        family = self._hf_ext_card_family or family_for_model_type(
+            getattr(getattr(model, "config", None), "model_type", "")
+        )
+        if not family:
+            return super().create_model_card(model_name=model_name, **kwargs)
         card = create_model_card(
-            self._hf_ext_card_family,
+            family,
             model_id=model_id,
             base_model=base,
             datasets=datasets if isinstance(datasets, list) else ([datasets] if datasets else None),

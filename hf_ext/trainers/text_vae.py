@@ -20,6 +20,8 @@ import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.utils import logging
 
+from ..hub.cards import HfExtModelCardMixin
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["cyclical_beta", "CyclicalBetaCallback", "DataCollatorForTextVAE", "TextVAEConfig", "TextVAETrainer"]
@@ -170,7 +172,7 @@ class TextVAEConfig(TrainingArguments):
             raise ValueError(f"`free_bits` must be >= 0, got {self.free_bits}.")
 
 
-class TextVAETrainer(Trainer):
+class TextVAETrainer(HfExtModelCardMixin, Trainer):
     """`Trainer` for DELLA / TRACE (any model whose output has ``rec_loss`` and ``kl``).
 
     Installs a :class:`CyclicalBetaCallback` (or a constant beta), applies ``args.free_bits`` to the model config,
