@@ -280,3 +280,53 @@ def test_trainer_pushes_checkpoints_and_card(local_hub, tmp_path):
     loaded = AutoModelForCausalLM.from_pretrained(repo)
     for (name, a), b in zip(trainer.model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+# ----------------------------------------------------------------------------------------------- datasets
+def _unimm_chat_dataset(tmp_path):
+    from dataset_builders.unimm_chat import load_unimm_chat
+    from dataset_builders.unimm_chat.fixtures import write_unimm_chat_parquet
+
+    return load_unimm_chat(write_unimm_chat_parquet(tmp_path / "unimm.parquet"))
+
+
+def _chinese_poetry_dataset(tmp_path):
+    from dataset_builders.chinese_poetry import load_chinese_poetry
+
+    poem = {
+        "author": "王之渙",
+        "title": "登鸛雀樓",
+        "paragraphs": ["白日依山盡，黃河入海流。", "欲窮千里目，更上一層樓。"],
+    }
+    path = tmp_path / "poet.tang.0.json"
+    path.write_text(json.dumps([poem], ensure_ascii=False), encoding="utf-8")
+    return load_chinese_poetry(str(path))
+
+
+DATASET_BUILDERS = {"unimm_chat": _unimm_chat_dataset, "chinese_poetry": _chinese_poetry_dataset}
+
+
+@pytest.mark.parametrize("name", sorted(DATASET_BUILDERS))
+def test_builder_output_round_trip(name, local_hub, tmp_path):
+    from datasets import load_dataset
+
+    ds = DATASET_BUILDERS[name](tmp_path)
+    assert len(ds) > 0
+    repo = _repo(f"ds-{name}")
+    ds.push_to_hub(repo)
+    from hf_ext.hub.cards import create_dataset_card
+
+    card = create_dataset_card(
+        pretty_name=f"{name} (converted by hf_ext)",
+        builder=name,
+        source="local fixture",
+        num_rows={"train": len(ds)},
+        features=", ".join(ds.features),
+    )
+    card.push_to_hub(repo, repo_type="dataset")
+    loaded = load_dataset(repo, split="train")
+    assert loaded.features == ds.features
+    assert loaded.to_dict() == ds.to_dict()
+    from huggingface_hub import DatasetCard
+
+    assert f"`{name}` builder" in DatasetCard.load(repo, repo_type="dataset").text
