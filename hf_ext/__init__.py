@@ -12,6 +12,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from . import models  # noqa: F401  (registers the Auto classes)
+from .trainers import elv as _elv  # noqa: F401  (registers ELV's predictor, model type `elv_predictor`)
 
 __version__ = "0.1.0"
 

@@ -101,7 +101,27 @@ def _build_trace():
     return model, None, {"input_ids": ids, "labels": ids.clone()}, "AutoModelForCausalLM", "logits"
 
 
+def _build_elv_predictor():
+    from transformers import BertConfig
+
+    from hf_ext.trainers.elv import ELVPredictorConfig, ELVPredictorModel
+
+    enc = BertConfig(
+        vocab_size=50,
+        hidden_size=16,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=32,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    model = ELVPredictorModel(ELVPredictorConfig(encoder=enc, num_labels=3)).eval()
+    ids = torch.randint(1, 50, (2, 3, 10), generator=torch.Generator().manual_seed(0))
+    return model, None, {"input_ids": ids}, "AutoModel", "logits"
+
+
 BUILDERS = {
+    "elv_predictor": _build_elv_predictor,
     "della": _build_della,
     "trace": _build_trace,
     "jiuge": _build_jiuge,
@@ -303,7 +323,24 @@ def _chinese_poetry_dataset(tmp_path):
     return load_chinese_poetry(str(path))
 
 
-DATASET_BUILDERS = {"unimm_chat": _unimm_chat_dataset, "chinese_poetry": _chinese_poetry_dataset}
+def _semeval_dataset(tmp_path):
+    from dataset_builders.elv import load_semeval2010_task8
+
+    path = tmp_path / "TRAIN_FILE.TXT"
+    path.write_text(
+        '1\t"The <e1>system</e1> as described has an arrayed <e2>configuration</e2>."\n'
+        "Component-Whole(e2,e1)\nComment: Not a collection.\n\n"
+        '2\t"The <e1>child</e1> was wrapped into the <e2>cradle</e2>."\nOther\nComment:\n\n',
+        encoding="utf-8",
+    )
+    return load_semeval2010_task8({"train": str(path)})["train"]
+
+
+DATASET_BUILDERS = {
+    "unimm_chat": _unimm_chat_dataset,
+    "chinese_poetry": _chinese_poetry_dataset,
+    "semeval2010_task8": _semeval_dataset,
+}
 
 
 @pytest.mark.parametrize("name", sorted(DATASET_BUILDERS))
