@@ -1,0 +1,16 @@
+"""Dense (token-weighted) DPO of RLHF-V (arXiv 2312.00849) on top of TRL's DPOTrainer."""
+
+from .collators import DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
+from .dense_dpo_config import DenseDPOConfig
+from .dense_dpo_trainer import DenseDPOTrainer
+from .weights import corrected_token_masks, correction_weights, span_token_mask
+
+__all__ = [
+    "DataCollatorForDensePreference",
+    "DataCollatorForDenseVisionPreference",
+    "DenseDPOConfig",
+    "DenseDPOTrainer",
+    "corrected_token_masks",
+    "correction_weights",
+    "span_token_mask",
+]

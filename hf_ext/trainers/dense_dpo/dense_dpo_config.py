@@ -1,0 +1,103 @@
+"""Configuration of the dense (token-weighted) DPO trainer of RLHF-V."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from trl import DPOConfig
+
+__all__ = ["DenseDPOConfig"]
+
+
+@dataclass
+class DenseDPOConfig(DPOConfig):
+    r"""
+    Configuration class for [`DenseDPOTrainer`]: TRL's [`~trl.DPOConfig`] plus the dense-DPO (DDPO) options of
+    RLHF-V ([arXiv 2312.00849](https://huggingface.co/papers/2312.00849)).
+
+    Every completion token gets a weight: `dense_gamma` (γ) on the tokens of corrected segments, 1 elsewhere. A
+    sequence is scored by `Σ_t w_t·log p_t` (official code, `dense_normalize=False`) or by `Σ_t w_t·log p_t / Σ_t w_t`
+    (paper Eq. 5, `dense_normalize=True`); the same weights apply to the policy and the reference. The DPO loss then
+    uses these scores unchanged.
+
+    Parameters:
+        > Parameters that control the token weights
+
+        dense_gamma (`float`, *optional*, defaults to `1.1`):
+            Weight γ of the tokens in corrected segments. `1.1` is the maintainers' current recipe (RLHF-V README,
+            Feb 2024, "trains more stably"); the paper uses `5.0`. With `1.0` and `dense_normalize=False` the trainer
+            is exactly TRL's DPO.
+        dense_normalize (`bool`, *optional*, defaults to `False`):
+            Divide each sequence score by `N = Σ_t w_t = |y_u| + γ|y_c|` (paper Eq. 5). `False` is the released code
+            (`dpo_use_average=False`).
+        dense_min_match (`int`, *optional*, defaults to `3`):
+            Token diff (used when the data has no `chosen_segments` / `rejected_segments`): matching blocks shorter
+            than this many tokens are ignored, as in the official `get_diff_ids(min_match_size=3)`.
+        dense_weight_insertions (`bool`, *optional*, defaults to `False`):
+            Token diff: also weight pure insertions (tokens only in the chosen answer) and pure deletions (tokens only
+            in the rejected answer). The official code weights replacements only.
+
+        > Parameters that control the training
+
+        sft_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of an SFT term on the chosen answer: the loss becomes `dpo_loss − sft_weight · mean(score(chosen))`
+            with the same (weighted, optionally normalised) score as the DPO term, as the official code's
+            `SFT_weight`.
+        ref_logps_cache_dir (`str`, *optional*):
+            Where `precompute_ref_log_probs=True` stores the per-token reference log-probabilities (one safetensors
+            file per dataset, written atomically, keyed by the reference weights, the dataset fingerprint and the
+            tokenization settings, **not** by γ or the segments). Defaults to `$HF_HOME/hf_ext/dense_dpo_ref_logps` (not
+            under `output_dir`, which `push_to_hub` uploads).
+            Unlike TRL, precomputation also works for vision datasets.
+
+    > [!NOTE]
+    > `use_weighting` (WPO) and `ld_alpha` (LD-DPO) change the same per-sequence reduction and are not supported
+    > together with dense weights.
+    """
+
+    dense_gamma: float = field(
+        default=1.1,
+        metadata={"help": "Weight γ of corrected-segment tokens (1.1 = current official recipe, 5.0 = paper)."},
+    )
+    dense_normalize: bool = field(
+        default=False,
+        metadata={
+            "help": "Divide sequence scores by N = Σ weights (paper Eq. 5). False = official code (weighted sum)."
+        },
+    )
+    dense_min_match: int = field(
+        default=3, metadata={"help": "Token diff: ignore matching blocks shorter than this many tokens."}
+    )
+    dense_weight_insertions: bool = field(
+        default=False, metadata={"help": "Token diff: also weight pure insertions and deletions (official: False)."}
+    )
+    sft_weight: float = field(
+        default=0.0, metadata={"help": "Weight of the SFT term on the chosen answer (official SFT_weight)."}
+    )
+    ref_logps_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Directory of the per-token reference log-prob cache (default: $HF_HOME/hf_ext/dense_dpo_ref_logps)."
+        },
+    )
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.dense_gamma > 0:
+            raise ValueError(f"`dense_gamma` must be > 0, got {self.dense_gamma}.")
+        if int(self.dense_min_match) < 1:
+            raise ValueError(f"`dense_min_match` must be >= 1, got {self.dense_min_match}.")
+        if self.sft_weight < 0:
+            raise ValueError(f"`sft_weight` must be >= 0, got {self.sft_weight}.")
+        if self.use_weighting:
+            raise ValueError(
+                "`use_weighting=True` (WPO) is not supported by DenseDPOTrainer: WPO re-weights pairs from the same "
+                "per-token log-probs that dense DPO re-weights per token. Set `use_weighting=False`."
+            )
+        if self.ld_alpha is not None:
+            raise ValueError(
+                "`ld_alpha` (LD-DPO) is not supported by DenseDPOTrainer: both change how token log-probs are summed. "
+                "Set `ld_alpha=None`."
+            )
+        if self.sync_ref_model and self.precompute_ref_log_probs:
+            raise ValueError("`sync_ref_model=True` cannot be combined with `precompute_ref_log_probs=True`.")

@@ -1,0 +1,468 @@
+"""Dense (token-weighted) DPO of RLHF-V as a subclass of TRL's `DPOTrainer`."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import json
+import os
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import broadcast_object_list, gather_object, is_peft_model
+from datasets import Dataset, IterableDataset
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase, ProcessorMixin
+from transformers.utils import logging
+from trl import DPOTrainer
+from trl.data_utils import is_conversational
+from trl.models.utils import disable_gradient_checkpointing
+from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
+from trl.trainer.utils import hash_module, use_adapter
+
+from ...utils.io import atomic_save_file
+from ._compat import check_trl_compat
+from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
+from .dense_dpo_config import DenseDPOConfig
+from .weights import span_token_mask, validate_spans
+
+check_trl_compat()
+
+logger = logging.get_logger(__name__)
+
+__all__ = ["DenseDPOTrainer"]
+
+_CACHE_FORMAT = "hf_ext.dense_dpo.ref_logps/1"
+
+
+class _LogProbScaler:
+    """Forward hook: multiplies `outputs.log_probs` of a fused-LM-head call by the current dense weights.
+
+    TRL sums `log_probs` per row to score a sequence; scaling them by `w_t` (or `w_t / Σ w`) turns that sum into the
+    dense-DPO score. The hook is inert unless the trainer sets `weights` around its own loss computation, so generation,
+    evaluation forwards without `fused_lm_head` and other users of the model are untouched. It is a plain object (not a
+    bound method) so that `copy.deepcopy(model)` does not try to copy the trainer.
+    """
+
+    def __init__(self):
+        self.weights: torch.Tensor | None = None  # (2B, L - 1), aligned with `log_probs[:, -(L - 1):]`
+        self.captured: list[torch.Tensor] = []
+
+    def __call__(self, module, args, kwargs, output):
+        if self.weights is None or not kwargs.get("fused_lm_head", False):
+            return None
+        log_probs = output.log_probs
+        seq_len = self.weights.size(1)
+        scaled = log_probs[:, -seq_len:] * self.weights.to(log_probs.device, log_probs.dtype)
+        if log_probs.size(1) != seq_len:  # prompt-learning PEFT prepends virtual tokens
+            scaled = torch.cat([log_probs[:, :-seq_len], scaled], dim=1)
+        output.log_probs = scaled
+        self.captured.append(scaled[:, -seq_len:])
+        return output
+
+
+class DenseDPOTrainer(DPOTrainer):
+    """
+    Dense DPO (DDPO) from [RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional
+    Human Feedback](https://huggingface.co/papers/2312.00849) on top of TRL's [`~trl.DPOTrainer`].
+
+    Each completion token gets a weight: `args.dense_gamma` on the tokens of corrected segments, 1 elsewhere. The
+    segments come from `chosen_segments` / `rejected_segments` columns (character spans `[[start, end], ...]` of the
+    completion text) or, when a row has none, from the official RLHF-V token diff of the rejected vs the chosen
+    completion (see [`~hf_ext.trainers.dense_dpo.correction_weights`]). A sequence is scored by `Σ_t w_t·log p_t`
+    (`dense_normalize=False`, official code) or `Σ_t w_t·log p_t / Σ_t w_t` (`dense_normalize=True`, paper Eq. 5), for
+    the policy and the reference alike; everything else (loss types, β, PEFT, metrics, `accelerate launch`) is TRL's.
+
+    Text-only models take a tokenizer as `processing_class`; vision-language models take a processor and a dataset
+    with an `images` (or `image`) column. With `args.precompute_ref_log_probs=True` the reference log-probs are
+    computed once per token (text **and** vision data), cached in `args.ref_logps_cache_dir`, and the reference model
+    is freed; γ and the segments can then change without recomputing them.
+
+    Example:
+
+    ```python
+    >>> from hf_ext import DenseDPOConfig, DenseDPOTrainer
+    >>> trainer = DenseDPOTrainer(
+    ...     model=model,  # any causal LM or VLM TRL supports
+    ...     args=DenseDPOConfig("out", dense_gamma=1.1, beta=0.1),
+    ...     train_dataset=dataset,  # prompt / chosen / rejected (+ images) (+ chosen_segments / rejected_segments)
+    ...     processing_class=processor,
+    ... )
+    >>> trainer.train()
+    ```
+
+    Args are those of [`~trl.DPOTrainer`]; `args` must be a [`DenseDPOConfig`]. A custom `data_collator` must be a
+    [`DataCollatorForDensePreference`] or [`DataCollatorForDenseVisionPreference`] (subclass).
+    """
+
+    _tag_names = ["trl", "dpo", "dense-dpo", "rlhf-v", "hf_ext"]
+    _name = "Dense DPO"
+    _paper = {
+        "title": "RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback",
+        "id": "2312.00849",
+        # docstyle-ignore
+        "citation": textwrap.dedent("""\
+            @inproceedings{yu2024rlhfv,
+                title        = {{RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback}},
+                author       = {Tianyu Yu and Yuan Yao and Haoye Zhang and Taiwen He and Yifeng Han and Ganqu Cui and Jinyi Hu and Zhiyuan Liu and Hai-Tao Zheng and Maosong Sun and Tat-Seng Chua},
+                year         = 2024,
+                booktitle    = {{IEEE/CVF Conference on Computer Vision and Pattern Recognition, CVPR 2024}},
+                eprint       = {2312.00849},
+                archivePrefix= {arXiv},
+            }"""),
+    }
+
+    def __init__(
+        self,
+        model,
+        ref_model=None,
+        args: DenseDPOConfig | None = None,
+        data_collator=None,
+        train_dataset: Dataset | IterableDataset | None = None,
+        eval_dataset=None,
+        processing_class: PreTrainedTokenizerBase | ProcessorMixin | None = None,
+        compute_metrics=None,
+        callbacks=None,
+        optimizers=(None, None),
+        quantization_config=None,
+        peft_config=None,
+    ):
+        if args is None:
+            model_name = model if isinstance(model, str) else (model.config._name_or_path or "model")
+            args = DenseDPOConfig(f"{model_name.split('/')[-1]}-DenseDPO")
+        elif not isinstance(args, DenseDPOConfig):
+            raise TypeError(
+                f"`args` must be a DenseDPOConfig, got {type(args).__name__}. Build it with "
+                "`DenseDPOConfig(**your_dpo_config.to_dict())` or pass the dense options directly."
+            )
+        if data_collator is not None and not isinstance(
+            data_collator, (DataCollatorForDensePreference, DataCollatorForDenseVisionPreference)
+        ):
+            raise TypeError(
+                "`data_collator` must be a DataCollatorForDensePreference or DataCollatorForDenseVisionPreference "
+                f"(they add the token weights), got {type(data_collator).__name__}. Omit it to use the default."
+            )
+
+        # Reference log-probs: TRL's own precompute stores per-sequence sums (so γ/segments could not change) and
+        # refuses vision data. Keep TRL's path off during its __init__ and precompute per token afterwards.
+        self._dense_precompute = bool(args.precompute_ref_log_probs)
+        # Without a user-given reference, the reference only lives until the cache is written (TRL loads one from the
+        # model's path, or we copy an in-memory model since it has no path to load from).
+        free_ref_model = ref_model is None
+        if self._dense_precompute:
+            args.precompute_ref_log_probs = False
+            if ref_model is None and peft_config is None and not isinstance(model, str) and not is_peft_model(model):
+                ref_model = copy.deepcopy(model)
+        try:
+            super().__init__(
+                model=model,
+                ref_model=ref_model,
+                args=args,
+                data_collator=data_collator,
+                train_dataset=train_dataset,
+                eval_dataset=eval_dataset,
+                processing_class=processing_class,
+                compute_metrics=compute_metrics,
+                callbacks=callbacks,
+                optimizers=optimizers,
+                quantization_config=quantization_config,
+                peft_config=peft_config,
+            )
+        finally:
+            args.precompute_ref_log_probs = self._dense_precompute
+
+        # Data collator: swap TRL's default for its dense subclass (same settings).
+        dense_kwargs = {
+            "gamma": args.dense_gamma,
+            "min_match": args.dense_min_match,
+            "weight_insertions": args.dense_weight_insertions,
+        }
+        collator = self.data_collator
+        if type(collator) is DataCollatorForVisionPreference:
+            self.data_collator = DataCollatorForDenseVisionPreference(
+                processor=collator.processor,
+                max_length=collator.max_length,
+                pad_to_multiple_of=collator.pad_to_multiple_of,
+                **dense_kwargs,
+            )
+        elif type(collator) is DataCollatorForPreference:
+            self.data_collator = DataCollatorForDensePreference(
+                pad_token_id=collator.pad_token_id,
+                max_length=collator.max_length,
+                truncation_mode=collator.truncation_mode,
+                pad_to_multiple_of=collator.pad_to_multiple_of,
+                **dense_kwargs,
+            )
+
+        # Hooks that rescale the per-token log-probs of the policy and of the live reference.
+        self._dense_scaler = _LogProbScaler()
+        self.model.register_forward_hook(self._dense_scaler, with_kwargs=True)
+        if self.ref_model is not None:
+            self.accelerator.unwrap_model(self.ref_model).register_forward_hook(self._dense_scaler, with_kwargs=True)
+
+        if self._dense_precompute:
+            self.precompute_ref_logps = True  # `_compute_loss` reads `ref_chosen_logps` / `ref_rejected_logps`
+            self._dense_ref_hash = hash_module(self.ref_model or self.model)
+            self.train_dataset = self._precompute_ref_token_logps(self.train_dataset, "train")
+            if isinstance(self.eval_dataset, dict):
+                self.eval_dataset = {k: self._precompute_ref_token_logps(v, k) for k, v in self.eval_dataset.items()}
+            elif self.eval_dataset is not None:
+                self.eval_dataset = self._precompute_ref_token_logps(self.eval_dataset, "eval")
+            if free_ref_model:
+                self.ref_model = None
+
+    # ------------------------------------------------------------------ data
+    def _set_signature_columns_if_needed(self):
+        super()._set_signature_columns_if_needed()
+        self._signature_columns = list(dict.fromkeys([*self._signature_columns, *DENSE_COLUMNS]))
+
+    def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
+        first = next(iter(dataset))
+        if "chosen_segments" not in first and "rejected_segments" not in first:
+            return dataset
+        map_kwargs = {"with_indices": True, "fn_kwargs": {"tokenizer": self._tokenizer}}
+        if isinstance(dataset, Dataset):
+            map_kwargs["desc"] = f"Mapping segments to tokens in {dataset_name} dataset"
+        return dataset.map(_text_segment_masks, **map_kwargs)
+
+    def _precompute_ref_logps(self, dataset, name, batch_size):
+        # `DPOTrainer.evaluate(eval_dataset=...)` calls this for datasets passed late; route it to the per-token cache.
+        return self._precompute_ref_token_logps(dataset, name)
+
+    def _ref_cache_path(self, dataset: Dataset, name: str) -> Path:
+        tokenizer = self._tokenizer
+        vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
+        key_fields = {
+            "format": _CACHE_FORMAT,
+            "reference": self._dense_ref_hash,
+            "dataset": _content_hash(dataset),
+            "rows": len(dataset),
+            "max_length": self.args.max_length,
+            "truncation_mode": self.args.truncation_mode,
+            "tokenizer": [type(tokenizer).__name__, vocab, tokenizer.chat_template, str(tokenizer.eos_token)],
+            "processor": type(self.processing_class).__name__,
+            # image resizing / normalisation change the pixels, hence the reference log-probs
+            "image_processor": getattr(getattr(self.processing_class, "image_processor", None), "to_dict", dict)(),
+        }
+        key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
+        cache_dir = self.args.ref_logps_cache_dir
+        if cache_dir is None:  # not under output_dir: that folder is what `push_to_hub` uploads
+            from huggingface_hub.constants import HF_HOME
+
+            cache_dir = os.path.join(HF_HOME, "hf_ext", "dense_dpo_ref_logps")
+        cache_dir = Path(cache_dir)
+        return cache_dir / f"{name}-{key}.safetensors"
+
+    def _precompute_ref_token_logps(self, dataset: Dataset, name: str) -> Dataset:
+        """Per-token reference log-probs of every completion token, cached in a safetensors file."""
+        if isinstance(dataset, IterableDataset):
+            raise ValueError(
+                "`precompute_ref_log_probs=True` needs a map-style `datasets.Dataset`, got an IterableDataset. "
+                "Materialise it or set `precompute_ref_log_probs=False`."
+            )
+        for key in ("ref_chosen_token_logps", "ref_rejected_token_logps"):
+            if key in dataset.column_names:
+                dataset = dataset.remove_columns(key)
+        path = self._ref_cache_path(dataset, name)
+        exists = [path.exists()]
+        broadcast_object_list(exists, from_process=0)  # every rank takes rank 0's decision
+        if exists[0]:
+            logger.info(f"Reusing reference log-probs for the {name} dataset from {path}.")
+        else:
+            self._write_ref_cache(dataset, name, path)
+        self.accelerator.wait_for_everyone()
+        from safetensors.torch import load_file
+
+        tensors = load_file(path)
+        columns = {}
+        for side in ("chosen", "rejected"):
+            values, offsets = tensors[f"{side}_values"], tensors[f"{side}_offsets"].tolist()
+            if len(offsets) != len(dataset) + 1:
+                raise ValueError(f"{path}: holds {len(offsets) - 1} rows, the {name} dataset has {len(dataset)}.")
+            columns[f"ref_{side}_token_logps"] = [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        for key, column in columns.items():
+            dataset = dataset.add_column(key, column)
+        return dataset
+
+    @torch.no_grad()
+    def _write_ref_cache(self, dataset: Dataset, name: str, path: Path) -> None:
+        batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
+        rank, world = self.accelerator.process_index, self.accelerator.num_processes
+        indices = list(range(rank, len(dataset), world))  # each process scores its own rows
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, indices),
+            batch_size=batch_size,
+            collate_fn=self.data_collator,
+            shuffle=False,
+        )
+        rows: list[tuple[int, list[float], list[float]]] = []
+        position = 0
+        for batch in tqdm(
+            loader,
+            desc=f"Computing reference log probs for {name} dataset",
+            disable=not self.accelerator.is_local_main_process or bool(os.environ.get("TQDM_DISABLE", "")),
+        ):
+            per_token, scored = self._reference_per_token_logps(batch)
+            n = per_token.size(0) // 2
+            for i in range(n):
+                chosen = per_token[i][scored[i]].float().cpu().tolist()
+                rejected = per_token[n + i][scored[n + i]].float().cpu().tolist()
+                rows.append((indices[position], chosen, rejected))
+                position += 1
+        rows = gather_object(rows) if world > 1 else rows
+        if self.accelerator.is_main_process:
+            rows = sorted(rows, key=lambda r: r[0])
+            tensors = {}
+            for side, column in (("chosen", 1), ("rejected", 2)):
+                lengths = [len(r[column]) for r in rows]
+                offsets = torch.tensor([0, *lengths]).cumsum(0)
+                tensors[f"{side}_values"] = torch.tensor([v for r in rows for v in r[column]], dtype=torch.float32)
+                tensors[f"{side}_offsets"] = offsets.to(torch.int64)
+            atomic_save_file(tensors, path, metadata={"format": _CACHE_FORMAT, "dataset": name})
+            logger.info(f"Wrote reference log-probs of {len(rows)} {name} rows to {path}.")
+
+    def _reference_per_token_logps(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Unweighted reference log-probs `(2B, L - 1)` and the mask of scored positions, for one collated batch."""
+        batch = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("token_weights", "corrected_mask")})
+        batch.pop("ref_token_logps", None)
+        completion_mask = batch.pop("completion_mask")
+        labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
+        model = self.ref_model if self.ref_model is not None else self.model
+        adapter_context = contextlib.nullcontext()
+        if self.ref_model is None and is_peft_model(self.model):
+            unwrapped = self.accelerator.unwrap_model(self.model)
+            adapter_context = use_adapter(unwrapped, adapter_name="ref" if "ref" in unwrapped.peft_config else None)
+        with (
+            disable_gradient_checkpointing(self.model, self.args.gradient_checkpointing_kwargs),
+            adapter_context,
+            self.accelerator.autocast(),
+        ):
+            outputs = model(**batch, labels=labels, use_cache=False, fused_lm_head=True)
+        scored = completion_mask[:, 1:].bool()
+        return outputs.log_probs[:, -scored.size(1) :], scored
+
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        # TRL precomputes reference log-probs for late text datasets only; do it for vision datasets too.
+        if self._dense_precompute and self._is_vision_dataset and eval_dataset is not None:
+            if not isinstance(eval_dataset, str):
+                if self.ref_model is None and not is_peft_model(self.model) and self.state.global_step > 0:
+                    raise ValueError(
+                        "Cannot compute reference log-probs for a dataset passed to `evaluate()` after training: the "
+                        "reference model was freed after precomputation. Pass it as `eval_dataset` at initialization, "
+                        "pass an explicit `ref_model`, or set `precompute_ref_log_probs=False`."
+                    )
+                if isinstance(eval_dataset, dict):
+                    eval_dataset = {k: self._precompute_ref_token_logps(v, k) for k, v in eval_dataset.items()}
+                else:
+                    eval_dataset = self._precompute_ref_token_logps(eval_dataset, metric_key_prefix)
+        return super().evaluate(
+            eval_dataset=eval_dataset, ignore_keys=ignore_keys, metric_key_prefix=metric_key_prefix
+        )
+
+    # ------------------------------------------------------------------ loss
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        mode = "train" if self.model.training else "eval"
+        token_weights = inputs.pop("token_weights")
+        corrected = inputs.pop("corrected_mask")
+        ref_token_logps = inputs.pop("ref_token_logps", None)
+        completion = inputs["completion_mask"]
+        weights = token_weights.float() * completion
+        if self.args.dense_normalize:
+            # Paper Eq. 5: divide by N = |y_u| + γ|y_c| (scored tokens only); rows without completion stay at 0.
+            weights[:, 0] = 0.0
+            weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
+        shift_weights = weights[:, 1:]
+
+        if self.precompute_ref_logps:
+            if ref_token_logps is None:
+                raise ValueError(
+                    "`precompute_ref_log_probs=True` but the batch has no reference log-probs; the dataset lost its "
+                    "`ref_chosen_token_logps` / `ref_rejected_token_logps` columns."
+                )
+            ref_logps = (ref_token_logps[:, 1:].to(shift_weights.dtype) * shift_weights).sum(dim=1)
+            inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref_logps.chunk(2, dim=0)
+
+        self._dense_scaler.weights = shift_weights
+        self._dense_scaler.captured = []
+        try:
+            result = super().compute_loss(model, inputs, return_outputs=return_outputs)
+            policy_scores = self._dense_scaler.captured[0].sum(dim=1)  # first fused call = policy forward
+        finally:
+            self._dense_scaler.weights = None
+            self._dense_scaler.captured = []
+        loss, outputs = result if return_outputs else (result, None)
+
+        if self.args.sft_weight > 0:
+            chosen_scores = policy_scores.chunk(2, dim=0)[0]
+            sft_loss = -chosen_scores.mean()
+            loss = loss + self.args.sft_weight * sft_loss
+            self._metrics[mode]["dense/sft_loss"].append(self.accelerator.gather(sft_loss.detach()).mean().item())
+
+        scored = completion[:, 1:].bool()
+        n_corrected = (corrected[:, 1:] & scored).sum()
+        n_scored = scored.sum()
+        n_corrected = self.accelerator.gather_for_metrics(n_corrected).sum().item()
+        n_scored = self.accelerator.gather_for_metrics(n_scored).sum().item()
+        self._metrics[mode]["dense/weighted_token_fraction"].append(n_corrected / n_scored if n_scored else 0.0)
+        return (loss, outputs) if return_outputs else loss
+
+
+def _content_hash(dataset: Dataset) -> str:
+    """Hash of the dataset's content that the reference log-probs depend on (not the segment columns).
+
+    `dataset._fingerprint` is not usable as a key: TRL's `_prepare_dataset` maps with closures over the whole config,
+    so the fingerprint changes with γ (or the output directory) although the tokens do not.
+    """
+    import pyarrow as pa
+
+    columns = [c for c in dataset.column_names if c not in DENSE_COLUMNS]
+    h = hashlib.sha256(json.dumps(columns).encode())
+    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=256):
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, table.schema) as writer:
+            writer.write_table(table)
+        h.update(sink.getvalue().to_pybytes())
+    return h.hexdigest()
+
+
+def _text_segment_masks(example: dict[str, Any], index: int, tokenizer) -> dict[str, Any]:
+    """Map `chosen_segments` / `rejected_segments` (character spans) of a tokenized text row to token flags."""
+    chosen_spans, rejected_spans = example.get("chosen_segments"), example.get("rejected_segments")
+    if chosen_spans is None and rejected_spans is None:
+        return {"chosen_segment_mask": None, "rejected_segment_mask": None}
+    where = f"row {index}" + (f" (idx={example['idx']!r})" if "idx" in example else "")
+    out = {}
+    for side, spans in (("chosen", chosen_spans), ("rejected", rejected_spans)):
+        ids = example[f"{side}_ids"]
+        if spans is None:
+            out[f"{side}_segment_mask"] = [0] * len(ids)
+            continue
+        if is_conversational(example):
+            messages = example[side]
+            if len(messages) != 1 or not isinstance(messages[0]["content"], str):
+                raise ValueError(f"{where}: segments need a {side} completion of one assistant message with text.")
+            content = messages[0]["content"]
+            rendered = tokenizer.apply_chat_template(example["prompt"] + messages, tokenize=False)
+            shift = rendered.rfind(content)
+            enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
+        else:
+            content = example[side]
+            if tokenizer.eos_token and content.endswith(tokenizer.eos_token):  # TRL appended it
+                content = content[: -len(tokenizer.eos_token)]
+            rendered = example["prompt"] + example[side]
+            shift = len(example["prompt"])
+            enc = tokenizer(rendered, return_offsets_mapping=True)
+        if shift < 0 or enc["input_ids"][-len(ids) :] != ids:
+            raise ValueError(
+                f"{where}: cannot align the {side} text with its tokens (the tokenizer's re-encoding differs from "
+                "TRL's). Drop the `*_segments` columns to use the token diff."
+            )
+        valid = validate_spans(spans, len(content), f"{where}, {side}_segments")
+        offsets = enc["offset_mapping"][-len(ids) :]
+        out[f"{side}_segment_mask"] = [int(m) for m in span_token_mask(offsets, valid, shift)]
+    return out

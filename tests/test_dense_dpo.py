@@ -1,0 +1,496 @@
+"""DenseDPOTrainer: token weights, equivalence with TRL's DPO, Eq. 5, spans, VLM path, reference precompute."""
+
+from __future__ import annotations
+
+import copy
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from unittest import mock
+
+import pytest
+import torch
+import torch.nn.functional as F
+from _dense_dpo_helpers import base_args, perturbed, text_dataset, tiny_gpt2, tiny_tokenizer, token_logps
+from trl import DPOConfig, DPOTrainer
+
+from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.trainers.dense_dpo import DataCollatorForDensePreference, correction_weights
+from hf_ext.trainers.dense_dpo.weights import span_token_mask
+
+# ---------------------------------------------------------------- correction_weights (hand-derived diffs)
+
+
+def test_diff_replacement():
+    # rejected:  1 2 3 [9]   4 5 6      chosen: 1 2 3 [7 8] 4 5 6
+    rej, cho = correction_weights([1, 2, 3, 9, 4, 5, 6], [1, 2, 3, 7, 8, 4, 5, 6], gamma=5.0)
+    assert rej == [1, 1, 1, 5, 1, 1, 1]
+    assert cho == [1, 1, 1, 5, 5, 1, 1, 1]
+
+
+def test_diff_insertion_and_deletion():
+    base, inserted = [1, 2, 3, 4, 5, 6], [1, 2, 3, 9, 4, 5, 6]
+    # pure insertion in chosen: official rule leaves it at weight 1
+    assert correction_weights(base, inserted, gamma=2.0) == ([1.0] * 6, [1.0] * 7)
+    assert correction_weights(base, inserted, gamma=2.0, weight_insertions=True) == ([1.0] * 6, [1, 1, 1, 2, 1, 1, 1])
+    # pure deletion from rejected (rejected has the extra token)
+    assert correction_weights(inserted, base, gamma=2.0) == ([1.0] * 7, [1.0] * 6)
+    assert correction_weights(inserted, base, gamma=2.0, weight_insertions=True) == ([1, 1, 1, 2, 1, 1, 1], [1.0] * 6)
+
+
+def test_diff_identical_and_empty():
+    assert correction_weights([4, 5, 6, 7], [4, 5, 6, 7], gamma=3.0) == ([1.0] * 4, [1.0] * 4)
+    assert correction_weights([], [], gamma=3.0) == ([], [])
+    assert correction_weights([], [1, 2], gamma=3.0) == ([], [1.0, 1.0])
+    assert correction_weights([], [1, 2], gamma=3.0, weight_insertions=True) == ([], [3.0, 3.0])
+    assert correction_weights([1, 2], [], gamma=3.0, weight_insertions=True) == ([3.0, 3.0], [])
+
+
+def test_diff_short_matches_absorbed_and_edges():
+    rej = [1, 2, 3, 10, 4, 11, 5, 6, 7]
+    cho = [1, 2, 3, 12, 4, 13, 5, 6, 7]
+    # the 1-token match "4" inside the edit is shorter than min_match=3: the whole gap 10 4 11 / 12 4 13 is corrected
+    assert correction_weights(rej, cho, gamma=5.0) == ([1, 1, 1, 5, 5, 5, 1, 1, 1], [1, 1, 1, 5, 5, 5, 1, 1, 1])
+    # with min_match=1 the "4" is kept as a match and splits the edit into two replacements
+    assert correction_weights(rej, cho, gamma=5.0, min_match=1) == (
+        [1, 1, 1, 5, 1, 5, 1, 1, 1],
+        [1, 1, 1, 5, 1, 5, 1, 1, 1],
+    )
+    # leading and trailing gaps are paired too
+    assert correction_weights([8, 1, 2, 3, 9], [7, 1, 2, 3, 6, 6], gamma=2.0) == ([2, 1, 1, 1, 2], [2, 1, 1, 1, 2, 2])
+    with pytest.raises(ValueError, match="min_match"):
+        correction_weights([1], [1], gamma=2.0, min_match=0)
+
+
+def test_span_token_mask_offsets():
+    # rendered "Q: hi. A: red ball" with completion "red ball" at char 10; span "ball" = [4, 8)
+    offsets = [(0, 2), (3, 6), (7, 9), (10, 13), (13, 18), (18, 18)]
+    assert span_token_mask(offsets, [(4, 8)], char_shift=10) == [False, False, False, False, True, False]
+
+
+# ---------------------------------------------------------------- collator
+
+
+def test_collator_padding_and_weights():
+    collator = DataCollatorForDensePreference(pad_token_id=0, gamma=5.0)
+    examples = [
+        {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5, 8, 6, 7, 9], "rejected_ids": [3, 4, 5, 6, 7, 9]},
+        {"prompt_ids": [1], "chosen_ids": [3, 4, 5, 12, 6, 7, 9], "rejected_ids": [3, 4, 5, 11, 6, 7, 9]},
+    ]
+    batch = collator(examples)
+    expected_ids = torch.tensor(
+        [
+            [1, 2, 3, 4, 5, 8, 6, 7, 9],
+            [1, 3, 4, 5, 12, 6, 7, 9, 0],
+            [1, 2, 3, 4, 5, 6, 7, 9, 0],
+            [1, 3, 4, 5, 11, 6, 7, 9, 0],
+        ]
+    )
+    assert torch.equal(batch["input_ids"], expected_ids)
+    expected_weights = torch.tensor(
+        [
+            [0, 0, 1, 1, 1, 1, 1, 1, 1],  # pure insertion (8): weight 1
+            [0, 1, 1, 1, 5, 1, 1, 1, 0],  # replacement 11 -> 12
+            [0, 0, 1, 1, 1, 1, 1, 1, 0],
+            [0, 1, 1, 1, 5, 1, 1, 1, 0],
+        ],
+        dtype=torch.float32,
+    )
+    assert torch.equal(batch["token_weights"], expected_weights)
+    assert torch.equal(batch["corrected_mask"], expected_weights == 5)
+    assert "ref_token_logps" not in batch
+
+
+# ---------------------------------------------------------------- trainer vs TRL
+
+
+def _grads(model):
+    return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    ds = text_dataset()
+    trl_trainer = DPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DPOConfig(**base_args(tmp_path / "trl")),
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    dense = DenseDPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DenseDPOConfig(**base_args(tmp_path / "dense"), dense_gamma=1.0, dense_normalize=False),
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    rows = [trl_trainer.train_dataset[i] for i in range(4)]
+    trl_batch = trl_trainer.data_collator(rows)
+    dense_batch = dense.data_collator([dense.train_dataset[i] for i in range(4)])
+    assert torch.equal(trl_batch["input_ids"], dense_batch["input_ids"])
+    # the pairs do contain corrections: γ = 1 must still reduce to plain DPO
+    assert dense_batch["corrected_mask"].any()
+
+    trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
+    trl_loss.backward()
+    dense_loss = dense.compute_loss(dense.model, dense_batch)
+    dense_loss.backward()
+    assert abs(trl_loss.item() - math.log(2)) > 1e-4  # the reference differs from the policy
+    assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
+    g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
+    assert g_trl.keys() == g_dense.keys() and g_trl
+    for name in g_trl:
+        torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
+    for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
+        assert abs(dense._metrics["train"][key][-1] - trl_trainer._metrics["train"][key][-1]) < 1e-5
+
+
+@pytest.mark.parametrize("normalize", [True, False])
+def test_eq5_by_hand(tmp_path, normalize):
+    """Score = (Σ_u log p + γ Σ_c log p) / (|y_u| + γ|y_c|) (or the numerator alone), policy and reference alike."""
+    gamma, beta = 5.0, 0.5
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    trainer = DenseDPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DenseDPOConfig(**base_args(tmp_path), dense_gamma=gamma, dense_normalize=normalize, beta=beta),
+        train_dataset=text_dataset(),
+        processing_class=tok,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    with torch.no_grad():
+        loss = trainer.compute_loss(trainer.model, dict(batch))
+        pol, rf = token_logps(model, batch), token_logps(ref, batch)
+    comp = batch["completion_mask"][:, 1:].bool()
+    ids = batch["input_ids"][:, 1:]
+    n = 4
+    scores = {"pol": [], "ref": []}
+    for i in range(n):
+        cho_ids, rej_ids = ids[i][comp[i]].tolist(), ids[n + i][comp[n + i]].tolist()
+        rej_w, cho_w = correction_weights(rej_ids, cho_ids, gamma)
+        for name, lp in (("pol", pol), ("ref", rf)):
+            pair = []
+            for row, w in ((i, cho_w), (n + i, rej_w)):
+                values = lp[row][comp[row]].tolist()
+                unchanged = sum(v for v, wi in zip(values, w) if wi == 1.0)
+                corrected = sum(v for v, wi in zip(values, w) if wi == gamma)
+                n_u, n_c = sum(wi == 1.0 for wi in w), sum(wi == gamma for wi in w)
+                numerator = unchanged + gamma * corrected
+                pair.append(numerator / (n_u + gamma * n_c) if normalize else numerator)
+            scores[name].append(pair)
+    losses = []
+    for (pc, pr), (rc, rr) in zip(scores["pol"], scores["ref"]):
+        losses.append(-F.logsigmoid(torch.tensor(beta * ((pc - rc) - (pr - rr)), dtype=torch.float64)).item())
+    assert any(w == gamma for w in batch["token_weights"].flatten().tolist())
+    assert loss.item() == pytest.approx(sum(losses) / n, abs=1e-5)
+
+
+def test_sft_weight_and_fraction_metric(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    common = {"ref_model": None, "train_dataset": text_dataset(), "processing_class": tok}
+    losses = {}
+    for sft in (0.0, 0.5):
+        trainer = DenseDPOTrainer(
+            model=copy.deepcopy(model),
+            args=DenseDPOConfig(**base_args(tmp_path / str(sft)), dense_gamma=3.0, sft_weight=sft),
+            **{**common, "ref_model": copy.deepcopy(ref)},
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        with torch.no_grad():
+            losses[sft] = trainer.compute_loss(trainer.model, dict(batch)).item()
+    with torch.no_grad():
+        pol = token_logps(model, batch)
+    chosen_scores = (pol * batch["token_weights"][:, 1:])[:4].sum(1)
+    assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * -chosen_scores.mean().item(), abs=1e-5)
+    comp = batch["completion_mask"][:, 1:].bool()
+    expected_fraction = (batch["token_weights"][:, 1:][comp] == 3.0).float().mean().item()
+    assert trainer._metrics["train"]["dense/weighted_token_fraction"][-1] == pytest.approx(expected_fraction)
+    assert "dense/sft_loss" in trainer._metrics["train"]
+
+
+def test_explicit_spans_map_to_tokens(tmp_path):
+    tok = tiny_tokenizer()
+    rows = [("describe the image .", "the green triangle is in the middle .", "the red triangle is in the middle .")]
+    chosen_spans = [[[4, 9]]]  # "green"
+    rejected_spans = [[[4, 7]]]  # "red"
+    ds = text_dataset(rows, chosen_segments=chosen_spans, rejected_segments=rejected_spans)
+    trainer = DenseDPOTrainer(
+        model=tiny_gpt2(tok),
+        ref_model=tiny_gpt2(tok),
+        args=DenseDPOConfig(**base_args(tmp_path), dense_gamma=4.0),
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    for row, word in ((0, "green"), (1, "red")):
+        flagged = batch["input_ids"][row][batch["corrected_mask"][row]]
+        assert tok.decode(flagged).strip() == word
+        assert set(batch["token_weights"][row][batch["corrected_mask"][row]].tolist()) == {4.0}
+
+    # conversational rows: the spans are located inside the chat-template rendering
+    from datasets import Dataset
+
+    from hf_ext.demo import TINY_CHAT_TEMPLATE
+
+    tok.chat_template = TINY_CHAT_TEMPLATE
+    conv = Dataset.from_dict(
+        {
+            "prompt": [[{"role": "user", "content": rows[0][0]}]],
+            "chosen": [[{"role": "assistant", "content": rows[0][1]}]],
+            "rejected": [[{"role": "assistant", "content": rows[0][2]}]],
+            "chosen_segments": chosen_spans,
+            "rejected_segments": rejected_spans,
+        }
+    )
+    trainer = DenseDPOTrainer(
+        model=tiny_gpt2(tok),
+        ref_model=tiny_gpt2(tok),
+        args=DenseDPOConfig(**base_args(tmp_path / "conv"), dense_gamma=4.0),
+        train_dataset=conv,
+        processing_class=tok,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    for row, word in ((0, "green"), (1, "red")):
+        assert tok.decode(batch["input_ids"][row][batch["corrected_mask"][row]]).strip() == word
+
+    bad = text_dataset(rows, chosen_segments=[[[4, 99]]], rejected_segments=[None])
+    with pytest.raises(ValueError, match=r"row 0.*outside the completion text"):
+        DenseDPOTrainer(
+            model=tiny_gpt2(tok),
+            ref_model=tiny_gpt2(tok),
+            args=DenseDPOConfig(**base_args(tmp_path / "bad")),
+            train_dataset=bad,
+            processing_class=tok,
+        )
+
+
+def test_precomputed_reference_equals_live_and_cache_reuse(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    ds = text_dataset()
+    cache = tmp_path / "cache"
+
+    def make(gamma, precompute):
+        return DenseDPOTrainer(
+            model=copy.deepcopy(model),
+            ref_model=copy.deepcopy(ref),
+            args=DenseDPOConfig(
+                **base_args(tmp_path / f"{gamma}-{precompute}"),
+                dense_gamma=gamma,
+                precompute_ref_log_probs=precompute,
+                ref_logps_cache_dir=str(cache),
+                precompute_ref_batch_size=3,  # other padding than the training batch
+            ),
+            train_dataset=ds,
+            processing_class=tok,
+        )
+
+    def loss_of(trainer):
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        with torch.no_grad():
+            return trainer.compute_loss(trainer.model, dict(batch)).item(), batch
+
+    pre = make(2.0, True)
+    files = list(cache.glob("train-*.safetensors"))
+    assert len(files) == 1
+    pre_loss, batch = loss_of(pre)
+    assert "ref_token_logps" in batch
+    live_loss, _ = loss_of(make(2.0, False))
+    assert pre_loss == pytest.approx(live_loss, abs=1e-5)
+
+    # another γ reuses the per-token cache: no second reference pass
+    with mock.patch.object(DenseDPOTrainer, "_write_ref_cache", side_effect=AssertionError("recomputed")):
+        pre5 = make(5.0, True)
+    assert pre5.ref_model is not None  # a user-provided reference is kept
+    live5, _ = loss_of(make(5.0, False))
+    assert loss_of(pre5)[0] == pytest.approx(live5, abs=1e-5)
+
+
+def test_precompute_frees_own_reference_and_model_card(tmp_path):
+    tok = tiny_tokenizer()
+    trainer = DenseDPOTrainer(
+        model=tiny_gpt2(tok),
+        args=DenseDPOConfig(**base_args(tmp_path), precompute_ref_log_probs=True, max_steps=2),
+        train_dataset=text_dataset(),
+        processing_class=tok,
+    )
+    assert trainer.ref_model is None
+    trainer.train()
+    assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+    trainer.create_model_card(model_name="tiny")
+    card = (tmp_path / "README.md").read_text()
+    assert "2312.00849" in card and "Dense DPO" in card
+
+
+def test_lora(tmp_path):
+    from peft import LoraConfig
+
+    tok = tiny_tokenizer()
+    trainer = DenseDPOTrainer(
+        model=tiny_gpt2(tok),
+        args=DenseDPOConfig(**base_args(tmp_path), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),
+        train_dataset=text_dataset(),
+        processing_class=tok,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True),
+    )
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
+    trainer.train()
+    after = dict(trainer.model.named_parameters())
+    assert any(not torch.equal(before[n], after[n]) for n in before)
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="dense_gamma"):
+        DenseDPOConfig("x", dense_gamma=0.0, use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="use_weighting"):
+        DenseDPOConfig("x", use_weighting=True, use_cpu=True, bf16=False)
+    with pytest.raises(ValueError, match="dense_min_match"):
+        DenseDPOConfig("x", dense_min_match=0, use_cpu=True, bf16=False)
+
+
+def test_rejects_plain_dpo_config(tmp_path):
+    tok = tiny_tokenizer()
+    with pytest.raises(TypeError, match="DenseDPOConfig"):
+        DenseDPOTrainer(
+            model=tiny_gpt2(tok),
+            args=DPOConfig(**base_args(tmp_path)),
+            train_dataset=text_dataset(),
+            processing_class=tok,
+        )
+
+
+# ---------------------------------------------------------------- vision-language path (tiny Llava)
+
+
+@pytest.fixture(scope="module")
+def vlm_data(tmp_path_factory):
+    from dataset_builders.rlhf_v import load_rlhf_v, write_rlhf_v_parquet
+
+    path = write_rlhf_v_parquet(tmp_path_factory.mktemp("rlhfv") / "s.parquet", n=4)
+    return load_rlhf_v(path)
+
+
+def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
+    from hf_ext.demo import build_tiny_llava
+
+    model, processor = build_tiny_llava()
+    ref = perturbed(model)
+    kwargs = base_args(tmp_path, max_length=None, per_device_train_batch_size=2)
+    trl_trainer = DPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DPOConfig(**{**kwargs, "output_dir": str(tmp_path / "trl")}),
+        train_dataset=vlm_data,
+        processing_class=processor,
+    )
+    dense = DenseDPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DenseDPOConfig(**kwargs, dense_gamma=1.0),
+        train_dataset=vlm_data,
+        processing_class=processor,
+    )
+    trl_batch = trl_trainer.data_collator([vlm_data[i] for i in range(2)])
+    dense_batch = dense.data_collator([vlm_data[i] for i in range(2)])
+    assert "pixel_values" in dense_batch and dense_batch["corrected_mask"].any()
+    trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
+    trl_loss.backward()
+    dense_loss = dense.compute_loss(dense.model, dense_batch)
+    dense_loss.backward()
+    assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
+    g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
+    assert any("vision_tower" in n for n in g_trl)
+    for name in g_trl:
+        torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
+
+    # precomputed reference (vision data, which TRL refuses) equals the live reference, γ = 5
+    losses = {}
+    for precompute in (True, False):
+        trainer = DenseDPOTrainer(
+            model=copy.deepcopy(model),
+            ref_model=copy.deepcopy(ref),
+            args=DenseDPOConfig(
+                **{**kwargs, "output_dir": str(tmp_path / f"p{precompute}")},
+                dense_gamma=5.0,
+                precompute_ref_log_probs=precompute,
+            ),
+            train_dataset=vlm_data,
+            processing_class=processor,
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
+        with torch.no_grad():
+            losses[precompute] = trainer.compute_loss(trainer.model, dict(batch)).item()
+        # a vision dataset passed late to `evaluate` gets its reference log-probs precomputed too
+        losses[f"eval-{precompute}"] = trainer.evaluate(eval_dataset=vlm_data)["eval_loss"]
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+    assert losses["eval-True"] == pytest.approx(losses["eval-False"], abs=1e-5)
+
+
+def test_vlm_explicit_spans(tmp_path, vlm_data):
+    from hf_ext.demo import build_tiny_llava
+
+    model, processor = build_tiny_llava()
+    row = vlm_data[0]
+    chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
+    # mark the first differing word on each side
+    words_c, words_r = chosen.split(" "), rejected.split(" ")
+    k = next(i for i, (a, b) in enumerate(zip(words_c, words_r)) if a != b)
+    start_c, start_r = len(" ".join(words_c[:k])) + 1, len(" ".join(words_r[:k])) + 1
+    ds = vlm_data.select([0]).add_column("chosen_segments", [[[start_c, start_c + len(words_c[k])]]])
+    ds = ds.add_column("rejected_segments", [[[start_r, start_r + len(words_r[k])]]])
+    trainer = DenseDPOTrainer(
+        model=model,
+        ref_model=perturbed(model),
+        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
+        train_dataset=ds,
+        processing_class=processor,
+    )
+    batch = trainer.data_collator([trainer.train_dataset[0]])
+    for r, word in ((0, words_c[k]), (1, words_r[k])):
+        flagged = batch["input_ids"][r][batch["corrected_mask"][r]]
+        assert processor.tokenizer.decode(flagged).strip() == word
+
+
+# ---------------------------------------------------------------- 2 processes
+
+
+@pytest.mark.distributed
+@pytest.mark.slow
+def test_two_process_run(tmp_path):
+    script = Path(__file__).with_name("_dense_dpo_ddp.py")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "RANK 0 world 2 MULTI_CPU" in proc.stdout and "RANK 1 world 2 MULTI_CPU" in proc.stdout
+
+    # the cache the two ranks wrote together equals a single-process computation
+    from safetensors.torch import load_file
+
+    (two_proc,) = list((tmp_path / "cache").glob("train-*.safetensors"))
+    tok = tiny_tokenizer()
+    single = DenseDPOTrainer(
+        model=tiny_gpt2(tok),
+        args=DenseDPOConfig(
+            **base_args(tmp_path / "single", per_device_train_batch_size=2),
+            precompute_ref_log_probs=True,
+            ref_logps_cache_dir=str(tmp_path / "single_cache"),
+        ),
+        train_dataset=text_dataset(),
+        processing_class=tok,
+    )
+    (one_proc,) = list((tmp_path / "single_cache").glob("train-*.safetensors"))
+    a, b = load_file(two_proc), load_file(one_proc)
+    assert single.ref_model is None and a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)

@@ -1,0 +1,90 @@
+"""RLHF-V builder: Hub schema in, TRL vision preference rows out; bad rows raise or are skipped and reported."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from dataset_builders._common import BadRowError
+from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
+from dataset_builders.rlhf_v.rlhf_v import REQUIRED_COLUMNS
+
+
+def test_fixture_has_exact_hub_schema(tmp_path):
+    path = write_rlhf_v_parquet(tmp_path / "a.parquet", n=3)
+    schema = pq.read_schema(path)
+    assert schema.names == list(REQUIRED_COLUMNS)
+    assert str(schema.field("idx").type) == "int64"
+    assert {f.name for f in schema.field("image").type} == {"bytes", "path"}
+    row = pq.read_table(path).slice(0, 1).to_pylist()[0]
+    text = json.loads(row["text"])
+    assert set(text) == {"question", "chosen", "rejected"}
+    json.loads(row["origin_split"])
+    with Image.open(io.BytesIO(row["image"]["bytes"])) as img:
+        assert img.format == "PNG" and img.size == (32, 32)
+
+
+def test_conversion(tmp_path):
+    rows = make_rlhf_v_rows(n=5, seed=3)
+    a = write_rlhf_v_parquet(tmp_path / "a.parquet", rows=rows[:3])
+    b = write_rlhf_v_parquet(tmp_path / "b.parquet", rows=rows[3:])
+    ds = load_rlhf_v([a, b])
+    assert len(ds) == 5
+    assert ds.column_names == ["prompt", "chosen", "rejected", "images", "idx", "origin_dataset"]
+    for out, src in zip(ds, rows):
+        text = json.loads(src["text"])
+        assert out["prompt"] == [{"role": "user", "content": text["question"]}]
+        assert out["chosen"] == [{"role": "assistant", "content": text["chosen"]}]
+        assert out["rejected"] == [{"role": "assistant", "content": text["rejected"]}]
+        assert out["idx"] == src["idx"] and out["origin_dataset"] == src["origin_dataset"]
+        with Image.open(io.BytesIO(src["image"]["bytes"])) as expected:
+            assert list(out["images"][0].convert("RGB").getdata()) == list(expected.convert("RGB").getdata())
+
+
+def _bad_rows():
+    rows = make_rlhf_v_rows(n=7, seed=1)
+    rows[1]["text"] = "{not json"
+    rows[2]["text"] = json.dumps({"question": "q", "chosen": "a"})
+    rows[3]["text"] = json.dumps({"question": "q", "chosen": "  ", "rejected": "b"})
+    rows[4]["image"] = {"bytes": b"not a png", "path": "x.png"}
+    rows[5]["text"] = json.dumps({"question": "q", "chosen": "same answer", "rejected": "same answer"})
+    return rows
+
+
+@pytest.mark.parametrize(
+    "bad_index, reason",
+    [(1, "not valid JSON"), (2, "lacks key"), (3, "empty"), (4, "does not decode"), (5, "identical")],
+)
+def test_bad_row_raises(tmp_path, bad_index, reason):
+    rows = _bad_rows()
+    good = [r for i, r in enumerate(rows) if i in (0, 6)]
+    path = write_rlhf_v_parquet(tmp_path / "bad.parquet", rows=[good[0], rows[bad_index], good[1]])
+    with pytest.raises(BadRowError, match=rf"bad.parquet: row 1 \(idx={rows[bad_index]['idx']}\).*{reason}"):
+        load_rlhf_v(path)
+
+
+def test_bad_rows_skipped_and_reported(tmp_path):
+    rows = _bad_rows()
+    path = write_rlhf_v_parquet(tmp_path / "bad.parquet", rows=rows)
+    ds, report = load_rlhf_v(path, on_bad_row="skip", return_report=True)
+    assert list(ds["idx"]) == [rows[0]["idx"], rows[6]["idx"]]
+    assert len(report) == 5 and report.idxs == [rows[i]["idx"] for i in range(1, 6)]
+    assert "skipped 5 bad row(s)" in ds.info.description
+
+
+def test_missing_file_and_column(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        load_rlhf_v(tmp_path / "nope.parquet")
+    import pyarrow as pa
+
+    table = pq.read_table(write_rlhf_v_parquet(tmp_path / "a.parquet", n=2)).drop_columns(["text"])
+    pq.write_table(table, tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]"):
+        load_rlhf_v(tmp_path / "b.parquet")
+    with pytest.raises(ValueError, match="on_bad_row"):
+        load_rlhf_v(tmp_path / "a.parquet", on_bad_row="ignore")
+    assert pa  # pyarrow imported for the column surgery above
