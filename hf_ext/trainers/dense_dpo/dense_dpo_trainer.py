@@ -24,6 +24,7 @@ from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
 from trl.trainer.utils import hash_module, use_adapter
 
+from ...hub.cards import HfExtModelCardMixin
 from ...utils.io import atomic_save_file
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
@@ -65,7 +66,7 @@ class _LogProbScaler:
         return output
 
 
-class DenseDPOTrainer(DPOTrainer):
+class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
     """
     Dense DPO (DDPO) from [RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional
     Human Feedback](https://huggingface.co/papers/2312.00849) on top of TRL's [`~trl.DPOTrainer`].
@@ -100,6 +101,7 @@ class DenseDPOTrainer(DPOTrainer):
     """
 
     _tag_names = ["trl", "dpo", "dense-dpo", "rlhf-v", "hf_ext"]
+    _hf_ext_card_family = "rlhf_v"  # model card from model_cards/rlhf_v.md (HfExtModelCardMixin)
     _name = "Dense DPO"
     _paper = {
         "title": "RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback",
