@@ -1,0 +1,252 @@
+"""The grounded shapes task: determinism, rendering against the truth, parsing, detection and correction."""
+
+import io
+import json
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+from scipy import ndimage
+
+from hf_ext.benchmarks.grounded import (
+    COLOURS,
+    POSITIONS,
+    GroundedTaskConfig,
+    ObjectGroup,
+    Scene,
+    correct_response,
+    describe_scene,
+    find_hallucinations,
+    generate_samples,
+    parse_mentions,
+    task_corpus,
+    write_rlhf_v_parquet,
+)
+
+SCENE = Scene((ObjectGroup("circle", "red", 2, "left"), ObjectGroup("square", "blue", 1, "right")))
+
+
+def _png(img):
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_generator_is_deterministic_and_prefix_stable():
+    a = generate_samples(6, seed=3)
+    b = generate_samples(6, seed=3)
+    assert [_png(x.image) for x in a] == [_png(x.image) for x in b]
+    assert [(x.question, x.reference, x.scene) for x in a] == [(x.question, x.reference, x.scene) for x in b]
+    # sample i depends only on (seed, i): a shorter run is a prefix
+    c = generate_samples(3, seed=3)
+    assert [_png(x.image) for x in c] == [_png(x.image) for x in a[:3]]
+    d = generate_samples(6, seed=4)
+    assert [x.scene for x in d] != [x.scene for x in a]
+
+
+def test_scene_constraints():
+    for s in generate_samples(50, seed=0):
+        g = s.scene.groups
+        assert 1 <= len(g) <= 3
+        assert len({x.position for x in g}) == len(g)  # one group per column
+        assert len({x.category for x in g}) == len(g)  # distinct coloured shapes
+        assert all(1 <= x.count <= 3 for x in g)
+        assert [POSITIONS.index(x.position) for x in g] == sorted(POSITIONS.index(x.position) for x in g)
+
+
+@pytest.mark.parametrize("size", [48, 60])
+def test_rendering_matches_the_truth(size):
+    """Count the blobs of each colour in each column of the image: they must equal the scene's groups."""
+    cfg = GroundedTaskConfig(image_size=size)
+    for s in generate_samples(20, seed=1, config=cfg):
+        arr = np.asarray(s.image).astype(int)
+        assert arr.shape == (size, size, 3)
+        found = {}
+        for name, rgb in COLOURS.items():
+            mask = np.abs(arr - np.array(rgb)).sum(-1) < 60
+            for col, pos in enumerate(POSITIONS):
+                sub = mask[:, col * size // 3 : (col + 1) * size // 3]
+                _, n = ndimage.label(sub)
+                if n:
+                    found[(name, pos)] = n
+        expected = {(g.colour, g.position): g.count for g in s.scene.groups}
+        assert found == expected
+
+
+def test_reference_grammar():
+    assert describe_scene(SCENE) == "There are two red circles on the left. There is one blue square on the right."
+    assert "There are three yellow triangles in the middle." in task_corpus(5)
+
+
+def test_parse_mentions_fields_and_spans():
+    text = "There are two red circles on the left. I also see a blue box in the middle."
+    ms = parse_mentions(text)
+    assert [(m.count, m.colour, m.shape, m.position, m.plural) for m in ms] == [
+        (2, "red", "circle", "left", True),
+        (1, "blue", "square", "middle", False),
+    ]
+    sp = ms[0].spans
+    assert {k: text[a:b] for k, (a, b) in sp.items()} == {
+        "verb": "are",
+        "count": "two",
+        "colour": "red",
+        "noun": "circles",
+        "position": "on the left",
+    }
+    assert {k: text[a:b] for k, (a, b) in ms[1].spans.items()} == {
+        "count": "a",
+        "colour": "blue",
+        "noun": "box",
+        "position": "in the middle",
+    }
+
+
+def test_find_hallucinations_kinds():
+    text = (
+        "There is one red circle on the left. There are three green triangles in the middle. "
+        "There is one yellow square on the right. There is one blue square on the left."
+    )
+    kinds = [(h.kind, h.said, h.truth) for h in find_hallucinations(text, SCENE)]
+    assert kinds == [
+        ("count", 1, 2),
+        ("object", "green triangle", None),
+        ("attribute", "yellow", ["blue"]),
+        ("position", "left", "right"),
+    ]
+    assert find_hallucinations(describe_scene(SCENE), SCENE) == []
+
+
+@pytest.mark.parametrize(
+    "rejected,chosen,rej_segs,cho_segs",
+    [
+        # count error: noun phrase rewritten (verb, count, noun number), one segment
+        (
+            "There is one red circle on the left. There is one blue square on the right.",
+            "There are two red circles on the left. There is one blue square on the right.",
+            ["is one red circle"],
+            ["are two red circles"],
+        ),
+        # position error
+        (
+            "There are two red circles on the left. There is one blue square in the middle.",
+            "There are two red circles on the left. There is one blue square on the right.",
+            ["in the middle"],
+            ["on the right"],
+        ),
+        # attribute (colour) error
+        (
+            "There are two yellow circles on the left. There is one blue square on the right.",
+            "There are two red circles on the left. There is one blue square on the right.",
+            ["yellow"],
+            ["red"],
+        ),
+        # a hallucinated object and nothing left to replace it with: the sentence is deleted
+        (
+            "There are two red circles on the left. There is one green triangle in the middle. "
+            "There is one blue square on the right.",
+            "There are two red circles on the left. There is one blue square on the right.",
+            ["There is one green triangle in the middle. "],
+            [],
+        ),
+        # a hallucinated object replaced by the unmentioned object of the same column
+        (
+            "There are two red circles on the left. There is one green triangle on the right.",
+            "There are two red circles on the left. There is one blue square on the right.",
+            ["green triangle"],
+            ["blue square"],
+        ),
+    ],
+)
+def test_correction_of_known_hallucinated_responses(rejected, chosen, rej_segs, cho_segs):
+    c = correct_response(rejected, SCENE)
+    assert c.rejected == rejected
+    assert c.chosen == chosen
+    assert [rejected[a:b] for a, b in c.rejected_segments] == rej_segs
+    assert [chosen[a:b] for a, b in c.chosen_segments] == cho_segs
+    assert find_hallucinations(c.chosen, SCENE) == []
+
+
+def test_correction_of_faithful_response_is_identity():
+    c = correct_response(describe_scene(SCENE), SCENE)
+    assert not c.changed and c.rejected_segments == [] and c.chosen_segments == []
+
+
+def test_add_missing_appends_omitted_objects():
+    c = correct_response("There are two red circles on the left.", SCENE, add_missing=True)
+    assert c.chosen == describe_scene(SCENE)
+    assert [c.chosen[a:b] for a, b in c.chosen_segments] == ["There is one blue square on the right."]
+
+
+def test_corrections_remove_every_hallucination_of_random_corruptions():
+    """Corrupt references of random scenes (swap colours, counts, positions, add objects): the correction must
+    leave no hallucination, and text outside the rejected segments must be unchanged."""
+    import random
+
+    rng = random.Random(0)
+    words = {"colour": list(COLOURS), "count": ["one", "two", "three"], "pos": ["left", "middle", "right"]}
+    n_changed = 0
+    for s in generate_samples(60, seed=5):
+        text = describe_scene(s.scene)
+        for _ in range(2):
+            kind = rng.choice(list(words) + ["extra"])
+            if kind == "extra":
+                text += " There is one green triangle on the left."
+            else:
+                old = [w for w in words[kind] if f" {w} " in f" {text} "]
+                if old:
+                    text = text.replace(rng.choice(old), rng.choice(words[kind]), 1)
+        c = correct_response(text, s.scene)
+        assert find_hallucinations(c.chosen, s.scene) == []
+        n_changed += c.changed
+        # outside the segments the two texts agree
+        kept_r, cur = [], 0
+        for a, b in c.rejected_segments:
+            kept_r.append(c.rejected[cur:a])
+            cur = b
+        kept_r.append(c.rejected[cur:])
+        kept_c, cur = [], 0
+        for a, b in c.chosen_segments:
+            kept_c.append(c.chosen[cur:a])
+            cur = b
+        kept_c.append(c.chosen[cur:])
+        assert "".join(kept_r) == "".join(kept_c)
+    assert n_changed > 20
+
+
+def test_write_rlhf_v_parquet_schema(tmp_path):
+    s = generate_samples(2, seed=0)
+    recs = []
+    for x in s:
+        bad = x.reference.replace("one", "two", 1) if "one" in x.reference else x.reference + " There is one red dot."
+        recs.append(
+            {
+                "idx": x.idx,
+                "image": x.image,
+                "question": x.question,
+                "scene": x.scene,
+                "correction": correct_response(bad, x.scene),
+            }
+        )
+    path = write_rlhf_v_parquet(recs, tmp_path / "pairs.parquet")
+    table = pq.read_table(path)
+    assert table.column_names == ["ds_name", "image", "text", "origin_dataset", "origin_split", "idx", "image_path"]
+    rows = table.to_pylist()
+    for rec, row in zip(recs, rows):
+        text = json.loads(row["text"])
+        c = rec["correction"]
+        assert (text["question"], text["chosen"], text["rejected"]) == (rec["question"], c.chosen, c.rejected)
+        assert text["chosen_segments"] == [list(t) for t in c.chosen_segments]
+        assert row["idx"] == rec["idx"]
+        img = Image.open(io.BytesIO(row["image"]["bytes"]))
+        assert np.array_equal(np.asarray(img), np.asarray(rec["image"]))
+        assert Scene.from_dict(json.loads(row["origin_split"])["scene"]) == rec["scene"]
+
+
+def test_bad_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="max_groups"):
+        GroundedTaskConfig(max_groups=4)
+    with pytest.raises(ValueError, match="n must be"):
+        generate_samples(-1)
+    with pytest.raises(ValueError, match="record 0 has no 'question'"):
+        write_rlhf_v_parquet([{"idx": 0, "image": Image.new("RGB", (4, 4))}], tmp_path / "x.parquet")
