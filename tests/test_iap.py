@@ -2,13 +2,12 @@
 
 import json
 import math
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _diffusion_training_helpers import copy_checkpoint, import_example, train, write_imagefolder
 from diffusers import StableDiffusionPipeline
 from PIL import Image
 from transformers import BertModel
@@ -226,12 +225,7 @@ def test_matching_width_is_a_plain_stable_diffusion_pipeline(tmp_path):
 # ------------------------------------------------------------------------------------------ training script
 @pytest.fixture(scope="module")
 def train_module():
-    sys.path.insert(0, str(ROOT / "examples" / "iap"))
-    try:
-        import train_iap
-    finally:
-        sys.path.pop(0)
-    return train_iap
+    return import_example("iap/train_iap.py")
 
 
 def _setup(tmp_path: Path, zh_hidden_size: int):
@@ -241,19 +235,14 @@ def _setup(tmp_path: Path, zh_hidden_size: int):
     )
     c["zh_text_encoder"].save_pretrained(tmp_path / "zh")
     c["zh_tokenizer"].save_pretrained(tmp_path / "zh")
-    data = tmp_path / "data"
-    data.mkdir()
-    rng = np.random.default_rng(0)
     pairs = [
         ("a red cat", "一只红色的猫"),
         ("a blue dog", "一只蓝色的狗"),
         ("a bird", "天空上的鸟"),
         ("a car", "白色的车"),
     ]
-    with open(data / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for i, (en, zh) in enumerate(pairs):
-            Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(data / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text_en": en, "text_zh": zh}, ensure_ascii=False) + "\n")
+    rows = [{"text_en": en, "text_zh": zh} for en, zh in pairs]
+    data = write_imagefolder(tmp_path / "data", rows, size=(32, 32))
     return c, [
         "--pretrained_model_name_or_path", str(tmp_path / "sd"), "--zh_text_encoder_name_or_path", str(tmp_path / "zh"),
         "--train_data_dir", str(data), "--resolution", "32", "--train_batch_size", "2", "--checkpointing_steps", "1",
@@ -265,25 +254,9 @@ def _setup(tmp_path: Path, zh_hidden_size: int):
 def test_train_script_two_steps_then_resume(train_module, tmp_path):
     c, common = _setup(tmp_path, zh_hidden_size=12)
     out = tmp_path / "out"
-    train_module.main(
-        train_module.parse_args(
-            [
-                *common,
-                "--max_train_steps",
-                "2",
-                "--output_dir",
-                str(out),
-                "--lambda_denoise",
-                "0.5",
-                "--validation_prompts",
-                "一只猫",
-                "--validation_steps",
-                "2",
-                "--num_validation_inference_steps",
-                "2",
-            ]  # fmt: skip
-        )
-    )
+    common = [*common, "--max_train_steps", "2", "--lambda_denoise", "0.5"]
+    validation = ["--validation_prompts", "一只猫", "--validation_steps", "2", "--num_validation_inference_steps", "2"]
+    train(train_module, [*common, "--output_dir", str(out), *validation])
     assert (out / "checkpoint-1" / "text_encoder").is_dir() and (out / "checkpoint-2" / "text_projection").is_dir()
     assert Image.open(out / "validation" / "step-2" / "00.png").size == (32, 32)
     trained = IAPStableDiffusionPipeline.from_pretrained(out)
@@ -295,24 +268,8 @@ def test_train_script_two_steps_then_resume(train_module, tmp_path):
     assert any(moved)
 
     # resume from checkpoint-1 and finish step 2: bit-identical to the uninterrupted run
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
-    train_module.main(
-        train_module.parse_args(
-            [
-                *common,
-                "--max_train_steps",
-                "2",
-                "--output_dir",
-                str(resumed),
-                "--lambda_denoise",
-                "0.5",
-                "--resume_from_checkpoint",
-                "latest",
-            ]  # fmt: skip
-        )
-    )
+    resumed = copy_checkpoint(out / "checkpoint-1", tmp_path / "resumed")
+    train(train_module, [*common, "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"])
     again = IAPStableDiffusionPipeline.from_pretrained(resumed)
     ckpt_encoder = BertModel.from_pretrained(out / "checkpoint-1" / "text_encoder")
     assert any(not torch.equal(p, ckpt_encoder.get_parameter(n)) for n, p in trained.text_encoder.named_parameters())
@@ -324,10 +281,9 @@ def test_train_script_two_steps_then_resume(train_module, tmp_path):
 def test_train_script_rejects_projection_never_on_width_mismatch(train_module, tmp_path):
     _, common = _setup(tmp_path, zh_hidden_size=12)
     with pytest.raises(ValueError, match="--projection auto"):
-        train_module.main(
-            train_module.parse_args(
-                [*common, "--max_train_steps", "1", "--projection", "never", "--output_dir", str(tmp_path / "o")]
-            )
+        train(
+            train_module,
+            [*common, "--max_train_steps", "1", "--projection", "never", "--output_dir", str(tmp_path / "o")],
         )
 
 
@@ -335,11 +291,7 @@ def test_train_script_rejects_projection_never_on_width_mismatch(train_module, t
 def test_train_script_matching_width_saves_plain_stable_diffusion(train_module, tmp_path):
     c, common = _setup(tmp_path, zh_hidden_size=8)  # == cross_attention_dim: no projection
     out = tmp_path / "out"
-    train_module.main(
-        train_module.parse_args(
-            [*common, "--max_train_steps", "1", "--checkpointing_steps", "100", "--output_dir", str(out)]
-        )
-    )
+    train(train_module, [*common, "--max_train_steps", "1", "--checkpointing_steps", "100", "--output_dir", str(out)])
     index = json.loads((out / "model_index.json").read_text())
     assert index["_class_name"] == "StableDiffusionPipeline"
     assert index["text_encoder"] == ["transformers", "BertModel"]

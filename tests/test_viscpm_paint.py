@@ -1,13 +1,12 @@
 """VisCPMPaintPipeline on tiny random components (offline): determinism, batching, embeds path, save/load, training."""
 
 import json
-import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from _diffusion_training_helpers import copy_checkpoint, import_example, train, write_imagefolder
 from PIL import Image
 
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
@@ -164,24 +163,13 @@ def test_save_load_bit_identical(pipe, tmp_path):
 
 # ------------------------------------------------------------------------------------------ training script
 def _imagefolder(path: Path) -> Path:
-    path.mkdir()
-    rng = np.random.default_rng(0)
     captions = ["a red cat", "一只蓝色的狗", "a painting of a squirrel", "一只戴着帽子的猫"]
-    with open(path / "metadata.jsonl", "w", encoding="utf-8") as f:
-        for i, caption in enumerate(captions):
-            Image.fromarray(rng.integers(0, 255, (40, 36, 3), dtype=np.uint8)).save(path / f"{i}.png")
-            f.write(json.dumps({"file_name": f"{i}.png", "text": caption}, ensure_ascii=False) + "\n")
-    return path
+    return write_imagefolder(path, [{"text": caption} for caption in captions], size=(40, 36))
 
 
 @pytest.fixture(scope="module")
 def train_module():
-    sys.path.insert(0, str(ROOT / "examples" / "viscpm_paint"))
-    try:
-        import train_viscpm_paint
-    finally:
-        sys.path.pop(0)
-    return train_viscpm_paint
+    return import_example("viscpm_paint/train_viscpm_paint.py")
 
 
 @pytest.mark.slow  # ~35 s on the shared 2-core machine (three short training runs)
@@ -196,23 +184,10 @@ def test_train_script_two_steps_then_resume(train_module, tmp_path):
         "--learning_rate", "1e-2", "--train_cross_attention", "--random_flip", "--uncond_dropout", "0.3",
     ]  # fmt: skip
     out = tmp_path / "out"
-    train_module.main(
-        train_module.parse_args(
-            [
-                *common,
-                "--max_train_steps",
-                "2",
-                "--output_dir",
-                str(out),
-                "--validation_prompts",
-                "a red cat",
-                "--validation_steps",
-                "2",
-                "--num_validation_inference_steps",
-                "2",
-            ]  # fmt: skip
-        )
-    )
+    validation = [
+        "--validation_prompts", "a red cat", "--validation_steps", "2", "--num_validation_inference_steps", "2",
+    ]  # fmt: skip
+    train(train_module, [*common, "--max_train_steps", "2", "--output_dir", str(out), *validation])
     assert (out / "checkpoint-1" / "text_projection").is_dir() and (out / "checkpoint-2" / "unet").is_dir()
     assert not list(out.glob("*.tmp"))
     assert Image.open(out / "validation" / "step-2" / "00.png").size == (32, 32)
@@ -227,13 +202,10 @@ def test_train_script_two_steps_then_resume(train_module, tmp_path):
 
     # resume from checkpoint-1 in a fresh folder and finish step 2: bit-identical to the uninterrupted run
     # (weights, optimizer, RNG and sampler state restored; augmentation is seeded per example, not global)
-    resumed = tmp_path / "resumed"
-    resumed.mkdir()
-    shutil.copytree(out / "checkpoint-1", resumed / "checkpoint-1")
-    train_module.main(
-        train_module.parse_args(
-            [*common, "--max_train_steps", "2", "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"]
-        )
+    resumed = copy_checkpoint(out / "checkpoint-1", tmp_path / "resumed")
+    train(
+        train_module,
+        [*common, "--max_train_steps", "2", "--output_dir", str(resumed), "--resume_from_checkpoint", "latest"],
     )
     assert (resumed / "checkpoint-2").is_dir()
     again = VisCPMPaintPipeline.from_pretrained(resumed)

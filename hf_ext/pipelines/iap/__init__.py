@@ -11,7 +11,7 @@ from .attention_processor import (
 )
 from .loss import IAPLossConfig, IAPLossOutput, attentive_feature_distance, iap_alignment_loss, sample_timesteps
 from .modeling_iap_projection import IAPTextProjection
-from .pipeline_iap import IAPStableDiffusionPipeline, encode_text_like_sd, tokenize_like_sd
+from .pipeline_iap import IAPStableDiffusionPipeline, build_iap_pipeline, encode_text_like_sd, tokenize_like_sd
 
 __all__ = [
     "CaptureAttnProcessor",
@@ -22,6 +22,7 @@ __all__ = [
     "IAPStableDiffusionPipeline",
     "IAPTextProjection",
     "attentive_feature_distance",
+    "build_iap_pipeline",
     "encode_text_like_sd",
     "iap_alignment_loss",
     "sample_timesteps",

@@ -17,7 +17,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from .._hub import HubSnapshotMixin
 from .modeling_iap_projection import IAPTextProjection
 
-__all__ = ["IAPStableDiffusionPipeline", "encode_text_like_sd", "tokenize_like_sd"]
+__all__ = ["IAPStableDiffusionPipeline", "build_iap_pipeline", "encode_text_like_sd", "tokenize_like_sd"]
 
 
 def tokenize_like_sd(tokenizer: PreTrainedTokenizerBase, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -43,6 +43,31 @@ def encode_text_like_sd(
     if text_projection is not None:
         hidden = text_projection(hidden.to(text_projection.dtype))
     return hidden
+
+
+def build_iap_pipeline(
+    vae: AutoencoderKL,
+    text_encoder: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    unet: UNet2DConditionModel,
+    scheduler: KarrasDiffusionSchedulers,
+    text_projection: IAPTextProjection | None = None,
+) -> StableDiffusionPipeline:
+    """The IAP inference artefact: a plain ``StableDiffusionPipeline`` (no safety checker) when ``text_projection``
+    is ``None`` (the encoder width already matches), else an :class:`IAPStableDiffusionPipeline`."""
+    components = {
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "tokenizer": tokenizer,
+        "unet": unet,
+        "scheduler": scheduler,
+        "safety_checker": None,
+        "feature_extractor": None,
+        "requires_safety_checker": False,
+    }
+    if text_projection is None:
+        return StableDiffusionPipeline(**components)
+    return IAPStableDiffusionPipeline(text_projection=text_projection, **components)
 
 
 class IAPStableDiffusionPipeline(HubSnapshotMixin, StableDiffusionPipeline):

@@ -11,12 +11,11 @@ One call builds a pipeline::
 from __future__ import annotations
 
 import torch
-from diffusers import StableDiffusionPipeline
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from ..viscpm_paint.testing import tiny_clip_text_encoder, tiny_scheduler, tiny_unet, tiny_vae
 from .modeling_iap_projection import IAPTextProjection
-from .pipeline_iap import IAPStableDiffusionPipeline
+from .pipeline_iap import build_iap_pipeline
 
 __all__ = [
     "ZH_CHARS",
@@ -77,19 +76,13 @@ def tiny_iap_components(cross_attention_dim: int = 8, zh_hidden_size: int = 8, s
 def tiny_iap_pipeline(cross_attention_dim: int = 8, zh_hidden_size: int = 12, seed: int = 0):
     """A Chinese tiny SD pipeline: `IAPStableDiffusionPipeline` when the widths differ, else `StableDiffusionPipeline`."""
     parts = tiny_iap_components(cross_attention_dim, zh_hidden_size, seed=seed)
-    common = {
-        "vae": parts["vae"],
-        "text_encoder": parts["zh_text_encoder"],
-        "tokenizer": parts["zh_tokenizer"],
-        "unet": parts["unet"],
-        "scheduler": parts["scheduler"],
-        "safety_checker": None,
-        "feature_extractor": None,
-        "requires_safety_checker": False,
-    }
-    if parts["text_projection"] is None:
-        pipe = StableDiffusionPipeline(**common)
-    else:
-        pipe = IAPStableDiffusionPipeline(text_projection=parts["text_projection"], **common)
+    pipe = build_iap_pipeline(
+        parts["vae"],
+        parts["zh_text_encoder"],
+        parts["zh_tokenizer"],
+        parts["unet"],
+        parts["scheduler"],
+        parts["text_projection"],
+    )
     pipe.set_progress_bar_config(disable=True)
     return pipe
