@@ -1,19 +1,43 @@
-"""Shared machinery for hf_ext's dataset builders: bad-row policy and reporting.
+"""Shared machinery for hf_ext's dataset builders: bad-row policy and reporting, local parquet conversion.
 
 Every builder takes ``on_bad_row="raise" | "skip"``. With ``"raise"`` the first bad row raises a
 :class:`BadRowError` that names the file, the row number, the row's ``idx`` and the reason. With ``"skip"``
 bad rows are skipped, never silently: they are collected in a :class:`BadRowReport`, logged as a warning
 (how many and which) and attached to the returned dataset's ``info.description`` as well as returned by the
 loader functions that accept ``return_report=True``.
+
+Builders that convert local parquet files in a Hub dataset's schema row by row (RLHF-V, UniMM-Chat) subclass
+:class:`LocalParquetBuilder` and load through :func:`load_local_parquet`; every builder runs ``download_and_prepare``
+through :func:`prepare_builder`, which surfaces the builder's own errors instead of ``datasets``' wrapper.
 """
 
 from __future__ import annotations
 
+import io
 import logging
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import datasets
+import datasets.exceptions
 
 logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BadRow",
+    "BadRowError",
+    "BadRowReport",
+    "LocalParquetBuilder",
+    "LocalParquetConfig",
+    "OnBadRow",
+    "check_image",
+    "load_local_parquet",
+    "prepare_builder",
+]
 
 OnBadRow = Literal["raise", "skip"]
 
@@ -76,3 +100,130 @@ class BadRowReport:
     def log(self, name: str) -> None:
         if self.rows:
             logger.warning("%s: %s", name, self.summary())
+
+
+def check_image(image: Any) -> tuple[dict[str, Any] | None, str | None]:
+    """Check a Hub ``Image`` cell (``{"bytes": ..., "path": ...}``): ``(image, None)`` if its bytes decode with PIL,
+    else ``(None, reason)``. The returned image keeps only ``bytes`` and ``path`` (the ``datasets.Image`` storage)."""
+    if not isinstance(image, dict) or not image.get("bytes"):
+        return None, "`image` has no bytes"
+    try:
+        from PIL import Image
+
+        with Image.open(io.BytesIO(image["bytes"])) as img:
+            img.load()
+    except Exception as e:  # PIL raises many types for corrupt data
+        return None, f"`image` does not decode ({type(e).__name__}: {e})"
+    return {"bytes": image["bytes"], "path": image.get("path")}, None
+
+
+def prepare_builder(builder: datasets.DatasetBuilder) -> None:
+    """``builder.download_and_prepare()``, re-raising the builder's own ``ValueError`` (a :class:`BadRowError` or a
+    bad file, each naming file and row) instead of ``datasets``' generic ``DatasetGenerationError`` wrapper."""
+    try:
+        builder.download_and_prepare()
+    except datasets.exceptions.DatasetGenerationError as e:
+        if isinstance(e.__cause__, ValueError):
+            raise e.__cause__ from None
+        raise
+
+
+@dataclass
+class LocalParquetConfig(datasets.BuilderConfig):
+    """Config of a :class:`LocalParquetBuilder`: ``parquet_files`` (local paths) and ``on_bad_row`` (raise/skip)."""
+
+    parquet_files: tuple[str, ...] = ()
+    on_bad_row: OnBadRow = "raise"
+
+
+class LocalParquetBuilder(datasets.GeneratorBasedBuilder):
+    """Base for builders that convert local parquet files in a Hub dataset's schema into one ``train`` split.
+
+    A subclass sets :attr:`HUB_ID` and :attr:`DISPLAY_NAME` (used in error messages and logs),
+    :attr:`REQUIRED_COLUMNS` (checked in every file's schema, the only columns read), ``BUILDER_CONFIG_CLASS`` (a
+    :class:`LocalParquetConfig` subclass; as in ``datasets``' packaged builders, the ``"default"`` config of version
+    :attr:`VERSION` is made from the ``load_*`` arguments), ``_info`` and :meth:`_convert_row`. Every record goes
+    through ``_convert_row``; bad rows go to ``self.report`` (a :class:`BadRowReport` under the config's
+    ``on_bad_row``), named by file name and row number.
+    """
+
+    VERSION = datasets.Version("1.0.0")
+    DEFAULT_CONFIG_NAME = "default"
+    HUB_ID: ClassVar[str]
+    DISPLAY_NAME: ClassVar[str]
+    REQUIRED_COLUMNS: ClassVar[tuple[str, ...]]
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.report = BadRowReport(self.config.on_bad_row)
+
+    def _convert_row(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        """One Hub-schema record → ``(example, None)``, or ``(None, reason)`` when the row is bad."""
+        raise NotImplementedError
+
+    def _split_generators(self, dl_manager):
+        if not self.config.parquet_files:
+            raise ValueError(
+                f"{type(self).__name__} needs `parquet_files`: local parquet files in the {self.HUB_ID} schema."
+            )
+        files = [dl_manager.download(str(f)) for f in self.config.parquet_files]
+        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files})]
+
+    def _generate_examples(self, files: Sequence[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        import pyarrow.parquet as pq
+
+        for path in files:
+            parquet = pq.ParquetFile(path)
+            missing = [c for c in self.REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
+            if missing:
+                raise ValueError(
+                    f"{path}: missing column(s) {missing}; expected the {self.HUB_ID} schema "
+                    f"{list(self.REQUIRED_COLUMNS)}."
+                )
+            name, row = os.path.basename(path), 0
+            for batch in parquet.iter_batches(batch_size=64, columns=list(self.REQUIRED_COLUMNS)):
+                for record in batch.to_pylist():
+                    example, reason = self._convert_row(record)
+                    if reason is not None:
+                        self.report.bad(name, row, record.get("idx"), reason)
+                    else:
+                        yield f"{name}-{row}", example
+                    row += 1
+        self.report.log(self.DISPLAY_NAME)
+
+
+def load_local_parquet(
+    builder_cls: type[LocalParquetBuilder],
+    data_files: str | os.PathLike | Sequence[str | os.PathLike],
+    on_bad_row: OnBadRow,
+    cache_dir: str | os.PathLike | None,
+    return_report: bool,
+    tmp_prefix: str,
+    **config_kwargs: Any,
+) -> datasets.Dataset | tuple[datasets.Dataset, BadRowReport]:
+    """Build the ``train`` split of a :class:`LocalParquetBuilder` from local files (the ``load_*`` functions' body).
+
+    Checks that every file exists, builds in ``cache_dir`` or a fresh temporary directory (named ``tmp_prefix*``,
+    kept: the dataset is memory-mapped from it) so files are always re-read and bad rows always reported, and appends
+    the bad-row summary to ``dataset.info.description`` when rows were skipped. ``config_kwargs`` go to the builder's
+    config (fields a subclass of :class:`LocalParquetConfig` adds).
+    """
+    if isinstance(data_files, (str, os.PathLike)):
+        data_files = [data_files]
+    files = tuple(str(Path(f).resolve()) for f in data_files)
+    for f in files:
+        if not os.path.isfile(f):
+            raise ValueError(
+                f"data_files: {f} does not exist (expected local {builder_cls.DISPLAY_NAME} parquet files)."
+            )
+    builder = builder_cls(
+        cache_dir=str(cache_dir) if cache_dir is not None else tempfile.mkdtemp(prefix=tmp_prefix),
+        parquet_files=files,
+        on_bad_row=on_bad_row,
+        **config_kwargs,
+    )
+    prepare_builder(builder)
+    dataset = builder.as_dataset(split="train")
+    if len(builder.report):
+        dataset.info.description = f"{dataset.info.description}\n{builder.report.summary()}"
+    return (dataset, builder.report) if return_report else dataset

@@ -88,3 +88,39 @@ def test_missing_file_and_column(tmp_path):
     with pytest.raises(ValueError, match="on_bad_row"):
         load_rlhf_v(tmp_path / "a.parquet", on_bad_row="ignore")
     assert pa  # pyarrow imported for the column surgery above
+
+
+def _with_text(row, **extra):
+    text = json.loads(row["text"])
+    text.update(extra)
+    return {**row, "text": json.dumps(text)}
+
+
+def test_segments_passed_through_on_request(tmp_path):
+    rows = make_rlhf_v_rows(n=3, seed=2)
+    first = json.loads(rows[0]["text"])
+    chosen0 = [[0, len(first["chosen"].split()[0])]]  # the first word of the chosen answer
+    rejected0 = [[0, len(first["rejected"])]]  # the whole rejected answer
+    rows[0] = _with_text(rows[0], chosen_segments=chosen0, rejected_segments=rejected0)
+    rows[1] = _with_text(rows[1], chosen_segments=[], rejected_segments=[[0, 5]])  # row 2 carries none
+    path = write_rlhf_v_parquet(tmp_path / "s.parquet", rows=rows)
+    plain = load_rlhf_v(path)
+    assert plain.column_names == ["prompt", "chosen", "rejected", "images", "idx", "origin_dataset"]
+    ds = load_rlhf_v(path, with_segments=True)
+    assert ds.column_names == plain.column_names + ["chosen_segments", "rejected_segments"]
+    assert list(ds["chosen_segments"]) == [chosen0, [], None]
+    assert list(ds["rejected_segments"]) == [rejected0, [[0, 5]], None]
+    for key in ("prompt", "chosen", "rejected", "idx", "origin_dataset"):
+        assert list(ds[key]) == list(plain[key])
+
+
+@pytest.mark.parametrize("spans", [[[3, 3]], [[0, 10_000]], [[1]], "0-3", [[0.5, 2]], [[-1, 2]]])
+def test_bad_segments_are_bad_rows(tmp_path, spans):
+    rows = make_rlhf_v_rows(n=3, seed=4)
+    rows[1] = _with_text(rows[1], rejected_segments=spans)
+    path = write_rlhf_v_parquet(tmp_path / "s.parquet", rows=rows)
+    assert len(load_rlhf_v(path)) == 3  # spans are not read unless asked for
+    with pytest.raises(BadRowError, match=r"row 1 \(idx=1\).*`rejected_segments` must be a list of \[start, end\]"):
+        load_rlhf_v(path, with_segments=True)
+    ds, report = load_rlhf_v(path, with_segments=True, on_bad_row="skip", return_report=True)
+    assert list(ds["idx"]) == [0, 2] and report.idxs == [1]

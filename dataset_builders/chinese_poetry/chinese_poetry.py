@@ -30,7 +30,7 @@ from typing import Any
 
 import datasets
 
-from dataset_builders._common import BadRowReport, OnBadRow
+from dataset_builders._common import BadRowReport, OnBadRow, prepare_builder
 from hf_ext.models.jiuge.forms_jiuge import PUNCTUATION, classify_shi, is_hanzi, split_lines
 
 logger = datasets.logging.get_logger(__name__)
@@ -256,13 +256,7 @@ def load_chinese_poetry(
             keep_unclassified=keep_unclassified,
             on_bad_row=on_bad_row,
         )
-        try:
-            builder.download_and_prepare()
-        except datasets.exceptions.DatasetGenerationError as e:
-            # datasets wraps errors raised while generating; surface ours (they name the file and row).
-            if isinstance(e.__cause__, ValueError):
-                raise e.__cause__ from None
-            raise
+        prepare_builder(builder)  # surfaces our errors (they name the file and row), not datasets' wrapper
         splits = builder.as_dataset(in_memory=True)
     dataset = splits["train"] if set(splits) == {"train"} else splits
     summary = builder.malformed.summary()

@@ -27,7 +27,7 @@ from typing import Any
 
 import datasets
 
-from .._common import BadRowReport, OnBadRow
+from .._common import BadRowReport, OnBadRow, prepare_builder
 
 __all__ = [
     "ABSA_LABELS",
@@ -449,13 +449,7 @@ def _load(
         builder = builder_cls(
             cache_dir=cache_dir or tmp, data_files=data_files, on_bad_row=on_bad_row, file_format=file_format
         )
-        try:
-            builder.download_and_prepare()
-        except datasets.exceptions.DatasetGenerationError as e:
-            # Surface our own error (which names file, row and reason) instead of datasets' generic wrapper.
-            if isinstance(e.__cause__, ValueError):
-                raise e.__cause__ from None
-            raise
+        prepare_builder(builder)  # surfaces our errors (they name file, row and reason), not datasets' wrapper
         ds = builder.as_dataset(in_memory=cache_dir is None)
     report = builder.report
     for split in ds.values():

@@ -11,98 +11,39 @@ Input: local parquet files in the exact schema of the Hub dataset (``ds_name``, 
 
 TRL inserts the image placeholder before the first user turn (``prepare_multimodal_messages``), so the rows work with
 any processor. The dataset is CC BY-NC 4.0 (research use only).
+
+With ``with_segments=True`` the rows also carry ``chosen_segments`` / ``rejected_segments``: the corrected character
+spans ``[[start, end], ...]`` (end exclusive) of the chosen / rejected text, read from the same keys of the ``text``
+JSON (``None`` where a row's JSON has none: ``DenseDPOTrainer`` then uses the token diff for that pair). The Hub
+dataset carries no spans; files written by :func:`hf_ext.benchmarks.grounded.write_rlhf_v_parquet` do.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
-import datasets.exceptions
 
-from .._common import BadRowReport, OnBadRow
+from .._common import BadRowReport, LocalParquetBuilder, LocalParquetConfig, OnBadRow, check_image, load_local_parquet
 
-__all__ = ["RLHFV", "RLHFVConfig", "load_rlhf_v", "REQUIRED_COLUMNS"]
+__all__ = ["RLHFV", "RLHFVConfig", "load_rlhf_v", "REQUIRED_COLUMNS", "SEGMENT_COLUMNS"]
 
 REQUIRED_COLUMNS = ("ds_name", "image", "text", "origin_dataset", "origin_split", "idx", "image_path")
+SEGMENT_COLUMNS = ("chosen_segments", "rejected_segments")
 _MESSAGE = [{"role": datasets.Value("string"), "content": datasets.Value("string")}]
 
 
-@dataclass
-class RLHFVConfig(datasets.BuilderConfig):
-    """Builder config: ``parquet_files`` (local paths) and the bad-row policy ``on_bad_row`` (``"raise"``/``"skip"``)."""
+def convert_row(record: dict[str, Any], with_segments: bool = False) -> tuple[dict[str, Any] | None, str | None]:
+    """One RLHF-V row (``text``: question/chosen/rejected JSON) → ``(example, None)``, or ``(None, reason)``.
 
-    parquet_files: tuple[str, ...] = ()
-    on_bad_row: OnBadRow = "raise"
-
-
-class RLHFV(datasets.GeneratorBasedBuilder):
-    """``openbmb/RLHF-V-Dataset`` parquet files → TRL conversational vision preference rows (one ``train`` split)."""
-
-    BUILDER_CONFIG_CLASS = RLHFVConfig
-    BUILDER_CONFIGS = [RLHFVConfig(name="default", version=datasets.Version("1.0.0"))]
-    DEFAULT_CONFIG_NAME = "default"
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.report = BadRowReport(self.config.on_bad_row)
-
-    def _info(self) -> datasets.DatasetInfo:
-        return datasets.DatasetInfo(
-            description="RLHF-V segment-level correction preference data in TRL's vision preference format.",
-            features=datasets.Features(
-                {
-                    "prompt": _MESSAGE,
-                    "chosen": _MESSAGE,
-                    "rejected": _MESSAGE,
-                    "images": datasets.Sequence(datasets.Image()),
-                    "idx": datasets.Value("int64"),
-                    "origin_dataset": datasets.Value("string"),
-                }
-            ),
-            homepage="https://huggingface.co/datasets/openbmb/RLHF-V-Dataset",
-            license="cc-by-nc-4.0",
-            citation="@inproceedings{yu2024rlhfv, title={RLHF-V}, booktitle={CVPR}, year={2024}, eprint={2312.00849}}",
-        )
-
-    def _split_generators(self, dl_manager):
-        if not self.config.parquet_files:
-            raise ValueError("RLHFV needs `parquet_files`: local parquet files in the openbmb/RLHF-V-Dataset schema.")
-        files = [dl_manager.download(str(f)) for f in self.config.parquet_files]
-        return [datasets.SplitGenerator(name=datasets.Split.TRAIN, gen_kwargs={"files": files})]
-
-    def _generate_examples(self, files: Sequence[str]):
-        import pyarrow.parquet as pq
-
-        for path in files:
-            parquet = pq.ParquetFile(path)
-            missing = [c for c in REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
-            if missing:
-                raise ValueError(
-                    f"{path}: missing column(s) {missing}; expected the openbmb/RLHF-V-Dataset schema "
-                    f"{list(REQUIRED_COLUMNS)}."
-                )
-            row = 0
-            for batch in parquet.iter_batches(batch_size=64, columns=list(REQUIRED_COLUMNS)):
-                for record in batch.to_pylist():
-                    example, reason = convert_row(record)
-                    if reason is not None:
-                        self.report.bad(os.path.basename(path), row, record.get("idx"), reason)
-                    else:
-                        yield f"{os.path.basename(path)}-{row}", example
-                    row += 1
-        self.report.log("RLHF-V")
-
-
-def convert_row(record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
-    """One Hub-schema row → ``(example, None)``, or ``(None, reason)`` when the row is bad."""
+    With ``with_segments`` the example also has ``chosen_segments`` / ``rejected_segments`` from the ``text`` JSON
+    (``None`` when absent); spans that are not ``[start, end]`` pairs with ``0 <= start < end <= len(text)`` make the
+    row bad.
+    """
     try:
         text = json.loads(record["text"])
     except (TypeError, json.JSONDecodeError) as e:
@@ -118,25 +59,80 @@ def convert_row(record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | No
             return None, f"empty or non-string `{name}`"
     if chosen.strip() == rejected.strip():
         return None, "chosen is identical to rejected (no preference signal)"
-    image = record.get("image")
-    if not isinstance(image, dict) or not image.get("bytes"):
-        return None, "`image` has no bytes"
-    try:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(image["bytes"])) as img:
-            img.load()
-    except Exception as e:  # PIL raises many types for corrupt data
-        return None, f"`image` does not decode ({type(e).__name__}: {e})"
+    image, reason = check_image(record.get("image"))
+    if reason is not None:
+        return None, reason
+    segments = {}
+    if with_segments:
+        for side, completion in (("chosen", chosen), ("rejected", rejected)):
+            spans = segments[f"{side}_segments"] = text.get(f"{side}_segments")
+            if spans is not None and not _valid_spans(spans, len(completion)):
+                return None, (
+                    f"`{side}_segments` must be a list of [start, end] character spans with 0 <= start < end <= "
+                    f"{len(completion)} (the length of `{side}`), got {spans!r}"
+                )
     example = {
         "prompt": [{"role": "user", "content": question}],
         "chosen": [{"role": "assistant", "content": chosen}],
         "rejected": [{"role": "assistant", "content": rejected}],
-        "images": [{"bytes": image["bytes"], "path": image.get("path")}],
+        "images": [image],
         "idx": record["idx"],
         "origin_dataset": record.get("origin_dataset"),
+        **segments,
     }
     return example, None
+
+
+def _valid_spans(spans: Any, length: int) -> bool:
+    return isinstance(spans, list) and all(
+        isinstance(span, list)
+        and len(span) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
+        and 0 <= span[0] < span[1] <= length
+        for span in spans
+    )
+
+
+@dataclass
+class RLHFVConfig(LocalParquetConfig):
+    """RLHF-V builder config: ``parquet_files``, ``on_bad_row`` (see :class:`LocalParquetConfig`) and
+    ``with_segments`` (add the ``chosen_segments`` / ``rejected_segments`` columns from the ``text`` JSON)."""
+
+    with_segments: bool = False
+
+
+class RLHFV(LocalParquetBuilder):
+    """``openbmb/RLHF-V-Dataset`` parquet files → TRL conversational vision preference rows (one ``train`` split)."""
+
+    BUILDER_CONFIG_CLASS = RLHFVConfig
+    HUB_ID = "openbmb/RLHF-V-Dataset"
+    DISPLAY_NAME = "RLHF-V"
+    REQUIRED_COLUMNS = REQUIRED_COLUMNS
+
+    def _info(self) -> datasets.DatasetInfo:
+        features = datasets.Features(
+            {
+                "prompt": _MESSAGE,
+                "chosen": _MESSAGE,
+                "rejected": _MESSAGE,
+                "images": datasets.Sequence(datasets.Image()),
+                "idx": datasets.Value("int64"),
+                "origin_dataset": datasets.Value("string"),
+            }
+        )
+        if self.config.with_segments:
+            for key in SEGMENT_COLUMNS:
+                features[key] = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
+        return datasets.DatasetInfo(
+            description="RLHF-V segment-level correction preference data in TRL's vision preference format.",
+            features=features,
+            homepage="https://huggingface.co/datasets/openbmb/RLHF-V-Dataset",
+            license="cc-by-nc-4.0",
+            citation="@inproceedings{yu2024rlhfv, title={RLHF-V}, booktitle={CVPR}, year={2024}, eprint={2312.00849}}",
+        )
+
+    def _convert_row(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
+        return convert_row(record, with_segments=self.config.with_segments)
 
 
 def load_rlhf_v(
@@ -144,6 +140,8 @@ def load_rlhf_v(
     on_bad_row: OnBadRow = "raise",
     cache_dir: str | os.PathLike | None = None,
     return_report: bool = False,
+    *,
+    with_segments: bool = False,
 ) -> datasets.Dataset | tuple[datasets.Dataset, BadRowReport]:
     """Load local RLHF-V parquet files as a ``datasets.Dataset`` in TRL's conversational vision preference format.
 
@@ -157,26 +155,10 @@ def load_rlhf_v(
             files are always re-read (and bad rows always reported).
         return_report (`bool`, *optional*, defaults to `False`): also return the
             :class:`~dataset_builders._common.BadRowReport`.
+        with_segments (`bool`, *optional*, defaults to `False`): also return ``chosen_segments`` /
+            ``rejected_segments`` columns (lists of ``[start, end]`` character spans, ``None`` where a row's ``text``
+            JSON has none; invalid spans make the row bad) for ``DenseDPOTrainer``'s explicit segments.
     """
-    if isinstance(data_files, (str, os.PathLike)):
-        data_files = [data_files]
-    files = tuple(str(Path(f).resolve()) for f in data_files)
-    for f in files:
-        if not os.path.isfile(f):
-            raise ValueError(f"data_files: {f} does not exist (expected local RLHF-V parquet files).")
-    builder = RLHFV(
-        cache_dir=str(cache_dir) if cache_dir is not None else tempfile.mkdtemp(prefix="rlhf_v_"),
-        parquet_files=files,
-        on_bad_row=on_bad_row,
-    )
-    try:
-        builder.download_and_prepare()
-    except datasets.exceptions.DatasetGenerationError as e:
-        # `datasets` wraps errors raised while generating; surface ours (bad row, bad schema) unchanged.
-        if isinstance(e.__cause__, ValueError):
-            raise e.__cause__ from None
-        raise
-    dataset = builder.as_dataset(split="train")
-    if len(builder.report):
-        dataset.info.description = f"{dataset.info.description}\n{builder.report.summary()}"
-    return (dataset, builder.report) if return_report else dataset
+    # `with_segments` only when set: the default keeps the config id (the cache folder) of plain RLHF-V loads
+    extra = {"with_segments": True} if with_segments else {}
+    return load_local_parquet(RLHFV, data_files, on_bad_row, cache_dir, return_report, tmp_prefix="rlhf_v_", **extra)

@@ -357,36 +357,21 @@ def build_preference_pairs(
 
 
 def load_pairs(parquet_path: str | os.PathLike, with_segments: bool = True):
-    """Read RLHF-V-schema pairs with ``dataset_builders.rlhf_v.load_rlhf_v`` and, if ``with_segments``, add the
+    """Read RLHF-V-schema pairs with ``dataset_builders.rlhf_v.load_rlhf_v``, with (``with_segments``) the
     ``chosen_segments`` / ``rejected_segments`` columns that :func:`~hf_ext.benchmarks.grounded.write_rlhf_v_parquet`
-    stores in the ``text`` JSON (the builder keeps only the Hub fields). Without them ``DenseDPOTrainer`` falls back
-    to the official token diff."""
-    import pyarrow.parquet as pq
-
+    stores in the ``text`` JSON (``load_rlhf_v(..., with_segments=True)``; every row must have them). Without them
+    ``DenseDPOTrainer`` falls back to the official token diff."""
     from dataset_builders.rlhf_v import load_rlhf_v
 
-    data = load_rlhf_v(parquet_path)
-    if not with_segments:
-        return data
-    table = pq.read_table(parquet_path, columns=["idx", "text"]).to_pydict()
-    spans = {}
-    for idx, text in zip(table["idx"], table["text"]):
-        t = json.loads(text)
-        if "chosen_segments" not in t or "rejected_segments" not in t:
-            raise ValueError(
-                f"{parquet_path}: row idx={idx} has no chosen_segments/rejected_segments in its `text` JSON; "
-                "load it with with_segments=False to use the token diff."
-            )
-        spans[idx] = (t["chosen_segments"], t["rejected_segments"])
-    import datasets
-
-    features = data.features.copy()
-    for key in ("chosen_segments", "rejected_segments"):
-        features[key] = datasets.Sequence(datasets.Sequence(datasets.Value("int64")))
-    return data.map(
-        lambda ex: {"chosen_segments": spans[ex["idx"]][0], "rejected_segments": spans[ex["idx"]][1]},
-        features=features,
-    )
+    data = load_rlhf_v(parquet_path, with_segments=with_segments)
+    if with_segments:
+        for idx, chosen, rejected in zip(data["idx"], data["chosen_segments"], data["rejected_segments"]):
+            if chosen is None or rejected is None:
+                raise ValueError(
+                    f"{parquet_path}: row idx={idx} has no chosen_segments/rejected_segments in its `text` JSON; "
+                    "load it with with_segments=False to use the token diff."
+                )
+    return data
 
 
 def train_preference(sft_model, processor, data, arm: Arm, config: StudyConfig, output_dir: str, seed: int = 0):
