@@ -355,7 +355,22 @@ def _rlhf_v_dataset(tmp_path):
     return load_rlhf_v(write_rlhf_v_parquet(tmp_path / "rlhf_v.parquet"))
 
 
+def _semeval2014_dataset(tmp_path):
+    from dataset_builders.elv import load_semeval2014_absa
+
+    path = tmp_path / "Laptop_Train.xml"
+    path.write_text(
+        '<?xml version="1.0" encoding="UTF-8"?>\n<sentences>\n'
+        '  <sentence id="1"><text>The battery life is great but the screen is dim.</text><aspectTerms>'
+        '<aspectTerm term="battery life" polarity="positive" from="4" to="16"/>'
+        '<aspectTerm term="screen" polarity="negative" from="34" to="40"/></aspectTerms></sentence>\n</sentences>\n',
+        encoding="utf-8",
+    )
+    return load_semeval2014_absa({"train": str(path)})["train"]
+
+
 DATASET_BUILDERS = {
+    "semeval2014_absa": _semeval2014_dataset,
     "rlhf_v": _rlhf_v_dataset,
     "unimm_chat": _unimm_chat_dataset,
     "chinese_poetry": _chinese_poetry_dataset,
