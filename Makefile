@@ -4,7 +4,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_ext_installed
 
-.PHONY: install demo test test-all lint format study bench clean poetry-corpus
+.PHONY: install demo test test-slow test-all lint format study clean poetry-corpus
 
 install: $(STAMP)
 
@@ -23,6 +23,9 @@ study: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q
+
+test-slow: $(STAMP)
+	$(PY) -m pytest -m slow -n 2 --dist loadfile -q
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
