@@ -42,17 +42,9 @@ os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from transformers import BertConfig, BertModel, T5Config, T5ForConditionalGeneration  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_ext.trainers.elv import (  # noqa: E402
-    ELVConfig,
-    ELVModel,
-    ELVModelConfig,
-    ELVPredictorConfig,
-    ELVPredictorModel,
-    ELVTrainer,
-)
+from hf_ext.trainers.elv import ELVConfig, ELVModel, ELVTrainer, tiny_elv_model  # noqa: E402
 
 LABELS = ["A", "B", "C"]
 GROUPS = ["warm", "cold", "dry"]
@@ -152,43 +144,24 @@ def ppmi_svd_embeddings(texts: list[str], tok, dim: int) -> torch.Tensor:
 
 
 def build_model(gen_tok, enc_tok, seed: int, k: int, embeddings: torch.Tensor | None) -> ELVModel:
-    torch.manual_seed(seed)
-    gen = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=len(gen_tok),
-            d_model=32,
-            d_kv=16,
-            d_ff=64,
-            num_layers=2,
-            num_decoder_layers=2,
-            num_heads=2,
-            dropout_rate=0.0,
-            pad_token_id=gen_tok.pad_token_id,
-            eos_token_id=gen_tok.eos_token_id,
-            decoder_start_token_id=gen_tok.pad_token_id,
-        )
-    )
-    enc = BertConfig(
-        vocab_size=len(enc_tok),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        pad_token_id=enc_tok.pad_token_id,
-    )
-    pred = ELVPredictorModel(ELVPredictorConfig(encoder=enc, num_labels=len(LABELS), pooling="mean"))
     # Retriever: a frozen bag-of-embeddings sentence encoder (no layers, no position information), like
     # Sentence-BERT's mean pooling over a pretrained encoder.
-    retriever = BertModel(BertConfig(**{**enc.to_dict(), "num_hidden_layers": 0}))
-    with torch.no_grad():
-        retriever.embeddings.position_embeddings.weight.zero_()
-        retriever.embeddings.token_type_embeddings.weight.zero_()
-        if embeddings is not None:
-            pred.encoder.embeddings.word_embeddings.weight.copy_(embeddings)
-            retriever.embeddings.word_embeddings.weight.copy_(embeddings)
-    cfg = ELVModelConfig(label_names=LABELS, num_explanations=k, max_target_length=12, max_seq_length=40)
-    return ELVModel(gen, gen_tok, pred, enc_tok, cfg, retriever=retriever, retriever_tokenizer=enc_tok)
+    return tiny_elv_model(
+        LABELS,
+        gen_tok,
+        enc_tok,
+        num_explanations=k,
+        hidden_size=32,
+        num_layers=2,
+        max_position_embeddings=64,
+        pooling="mean",
+        generator_dropout_rate=0.0,
+        bag_of_embeddings_retriever=True,
+        word_embeddings=embeddings,
+        seed=seed,
+        max_target_length=12,
+        max_seq_length=40,
+    )
 
 
 def accuracy_f1(preds: list[int], labels: list[int]) -> tuple[float, float]:

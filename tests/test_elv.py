@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
 
 import pytest
 import torch
-from transformers import BertConfig, T5Config, T5ForConditionalGeneration
 
 from hf_ext.testing_utils import tiny_bpe_tokenizer
 from hf_ext.trainers.elv import (
@@ -24,6 +22,7 @@ from hf_ext.trainers.elv import (
     encode_sentences,
     official_code_e_step_distribution,
     similarity_prior,
+    tiny_elv_model,
 )
 
 CORPUS = [
@@ -39,34 +38,10 @@ LABELS = ["negative", "positive"]
 
 
 def make_model(k: int = 3, pooling: str = "cls", seed: int = 0) -> ELVModel:
-    torch.manual_seed(seed)
     tok = tiny_bpe_tokenizer(CORPUS * 3, vocab_size=260)
-    gen = T5ForConditionalGeneration(
-        T5Config(
-            vocab_size=len(tok),
-            d_model=16,
-            d_kv=8,
-            d_ff=32,
-            num_layers=1,
-            num_decoder_layers=1,
-            num_heads=2,
-            pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
-            decoder_start_token_id=tok.pad_token_id,
-        )
+    return tiny_elv_model(
+        LABELS, tok, num_explanations=k, pooling=pooling, seed=seed, max_target_length=6, max_seq_length=48
     )
-    enc = BertConfig(
-        vocab_size=len(tok),
-        hidden_size=16,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=32,
-        max_position_embeddings=128,
-        pad_token_id=tok.pad_token_id,
-    )
-    pred = ELVPredictorModel(ELVPredictorConfig(encoder=enc, num_labels=2, pooling=pooling))
-    cfg = ELVModelConfig(label_names=LABELS, num_explanations=k, max_target_length=6, max_seq_length=48)
-    return ELVModel(gen, tok, pred, copy.deepcopy(tok), cfg)
 
 
 TRAIN = [
@@ -280,6 +255,10 @@ def test_one_em_round_end_to_end(tmp_path):
     # bank = 2 human + one generated per labelled example
     assert m.bank.origins.count("human") == 2 and m.bank.origins.count("generated") == len(TRAIN)
     assert "eval/accuracy" in last and 0.0 <= last["eval/accuracy"] <= 1.0
+    # independent: the trained predictor's own probabilities (K retrieved explanations) against the gold labels
+    probs = m.predict_proba([ex["text"] for ex in TRAIN])
+    gold = torch.tensor([ex["label"] for ex in TRAIN])
+    assert last["eval/accuracy"] == pytest.approx((probs.argmax(-1) == gold).float().mean().item())
     for part in ("generator", "predictor"):
         after = getattr(m, part).state_dict()
         changed = [k for k, v in before[part].items() if not torch.equal(v, after[k])]

@@ -163,40 +163,22 @@ def build_tokenizer(config: StudyConfig | None = None):
 
 def build_model(config: StudyConfig, tokenizer, seed: int = 0):
     """A random tiny Muffin and its processor: 16-px BEiT-3 patches (one per grid cell), `num_query` queries."""
-    from ..models.muffin import MuffinConfig, MuffinForConditionalGeneration, MuffinImageProcessor, MuffinProcessor
+    from ..models.muffin import (
+        MuffinForConditionalGeneration,
+        MuffinImageProcessor,
+        MuffinProcessor,
+        tiny_muffin_config,
+    )
 
-    h, n_layers, nq = config.hidden_size, config.num_layers, config.num_query
-    vocab = tokenizer.get_vocab()
-    model_config = MuffinConfig(
-        vision_config=dict(
-            hidden_size=h,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            intermediate_size=2 * h,
-            image_size=config.image_size,
-            patch_size=config.image_size // 3,
-            vocab_size=64,
-            max_position_embeddings=nq + 4,
-        ),
-        text_config=dict(
-            model_type="llama",
-            hidden_size=h,
-            intermediate_size=2 * h,
-            num_hidden_layers=n_layers,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            vocab_size=len(tokenizer),
-            max_position_embeddings=512,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
+    nq = config.num_query
+    model_config = tiny_muffin_config(
+        tokenizer,
         num_query=nq,
-        image_token_id=vocab["<im_patch>"],
-        image_start_token_id=vocab["<im_start>"],
-        image_end_token_id=vocab["<im_end>"],
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
+        image_size=config.image_size,
+        patch_size=config.image_size // 3,
+        hidden_size=config.hidden_size,
+        num_layers=config.num_layers,
+        vision_max_position_embeddings=nq + 4,
     )
     torch.manual_seed(seed)
     model = MuffinForConditionalGeneration(model_config)

@@ -28,16 +28,20 @@ def tiny_muffin_config(
     tokenizer=None,
     num_query: int = 4,
     image_size: int = 32,
+    patch_size: int = 16,
     hidden_size: int = 32,
     num_layers: int = 2,
     projector_type: str = "linear",
     text_model_type: str = "llama",
     config_class: type[MuffinConfig] = MuffinConfig,
+    vision_max_position_embeddings: int | None = None,
     **overrides: Any,
 ) -> MuffinConfig:
     """Config of a tiny Muffin: BEiT-3 and LLM with `hidden_size` 32, 2 layers, 4 heads, `num_query` queries.
 
     Token ids (`image_token_id`, ...) and `vocab_size` are read from `tokenizer` (default: [`tiny_muffin_tokenizer`]).
+    `patch_size` is BEiT-3's patch size; `vision_max_position_embeddings` its text position table (default
+    `max(16, num_query + 4)`). Other keyword arguments override [`MuffinConfig`] fields.
     """
     tok = tokenizer if tokenizer is not None else tiny_muffin_tokenizer()
     vocab = tok.get_vocab()
@@ -47,9 +51,11 @@ def tiny_muffin_config(
         num_attention_heads=4,
         intermediate_size=2 * hidden_size,
         image_size=image_size,
-        patch_size=16,
+        patch_size=patch_size,
         vocab_size=64,
-        max_position_embeddings=max(16, num_query + 4),
+        max_position_embeddings=(
+            vision_max_position_embeddings if vision_max_position_embeddings is not None else max(16, num_query + 4)
+        ),
     )
     text = dict(
         model_type=text_model_type,

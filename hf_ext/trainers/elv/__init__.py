@@ -17,6 +17,7 @@ from .retrieval import (
     official_code_e_step_distribution,
     similarity_prior,
 )
+from .testing import tiny_elv_model
 
 # Lets AutoConfig / AutoModel load a saved predictor folder (``predictor/`` of an ELV repository).
 register_model("elv_predictor", ELVPredictorConfig, {"AutoModel": ELVPredictorModel})
@@ -34,4 +35,5 @@ __all__ = [
     "encode_sentences",
     "official_code_e_step_distribution",
     "similarity_prior",
+    "tiny_elv_model",
 ]
