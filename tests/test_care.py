@@ -526,6 +526,7 @@ def test_gradient_accumulation_scales_penalty_like_the_loss(tmp_path):
     for bs, ga in ((4, 1), (2, 2)):
         torch.manual_seed(0)
         model = tiny_gpt2()
+        initial = model.transformer.h[0].attn.c_attn.weight.detach().clone()
         trainer = CARETrainer(
             model,
             care_args(tmp_path / f"{bs}", per_device_train_batch_size=bs, gradient_accumulation_steps=ga, max_steps=1),
@@ -533,6 +534,7 @@ def test_gradient_accumulation_scales_penalty_like_the_loss(tmp_path):
         )
         trainer.train()
         params.append(model.transformer.h[0].attn.c_attn.weight.detach().clone())
+        assert not torch.equal(params[-1], initial)  # the step did update: two untrained models would trivially agree
     assert math.isclose(float((params[0] - params[1]).abs().max()), 0.0, abs_tol=1e-5)
 
 

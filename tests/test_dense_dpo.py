@@ -326,7 +326,10 @@ def test_precompute_frees_own_reference_and_model_card(tmp_path):
     )
     assert trainer.ref_model is None
     trainer.train()
-    assert all(math.isfinite(e["loss"]) for e in trainer.state.log_history if "loss" in e)
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert all(math.isfinite(x) for x in losses)
+    # the reference is the initial policy, so the first step's margin is 0 and its loss is -log sigmoid(0) = log 2
+    assert losses[0] == pytest.approx(math.log(2), rel=1e-5)
     trainer.create_model_card(model_name="tiny")
     card = (tmp_path / "README.md").read_text()
     assert "2312.00849" in card and "Dense DPO" in card

@@ -93,7 +93,9 @@ def test_config_errors():
     assert set(StudyConfig().arms) <= set(ARMS)
 
 
-def test_generate_responses_shapes():
+def test_generate_responses_equal_unbatched_greedy_loop():
+    import torch
+
     cfg = StudyConfig(seeds=(0,))
     tok = build_tokenizer(cfg)
     model, proc = build_model(cfg, tok, seed=0)
@@ -101,6 +103,21 @@ def test_generate_responses_shapes():
     out = generate_responses(model, proc, s, max_new_tokens=5)
     assert len(out) == 3 and all(isinstance(x, str) for x in out)
     assert proc.tokenizer.padding_side == tok.padding_side  # restored
+    # independent: one sample at a time, a greedy loop over full forward passes, text before the "###" stop marker
+    for sample, got in zip(s, out):
+        msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": sample.question}]}]
+        enc = proc(
+            images=[sample.image], text=proc.apply_chat_template(msgs, add_generation_prompt=True), return_tensors="pt"
+        )
+        ids = enc["input_ids"]
+        for _ in range(5):
+            with torch.no_grad():
+                nxt = model(input_ids=ids, pixel_values=enc["pixel_values"]).logits[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, nxt], 1)
+            if nxt.item() == proc.tokenizer.eos_token_id:
+                break
+        text = proc.tokenizer.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+        assert got == text.split("###")[0].strip()
 
 
 TINY = dict(

@@ -190,6 +190,11 @@ def test_iap_pipeline_encode_save_load_and_embeds(tmp_path):
         manual = pipe.text_projection(pipe.text_encoder(inputs["input_ids"])[0])
     torch.testing.assert_close(embeds, manual)
     assert negative.shape == embeds.shape
+    # no negative prompt: Stable Diffusion's unconditional embedding is the encoding of "" (then projected here)
+    with torch.no_grad():
+        empty = tokenize_like_sd(pipe.tokenizer, [""] * len(ZH))["input_ids"]
+        manual_negative = pipe.text_projection(pipe.text_encoder(empty)[0])
+    torch.testing.assert_close(negative, manual_negative)
 
     def images(p, **kw):
         g = torch.Generator().manual_seed(0)

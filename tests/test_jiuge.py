@@ -300,6 +300,31 @@ def test_unconstrained_generation_stops_at_eos_and_errors(tokenizer):
     model = tiny_model(tokenizer)
     body = model.write_poem("五言绝句", "春", tokenizer=tokenizer, constrained=False, do_sample=False)
     assert isinstance(body, str)
+    # independent: a greedy loop over full forward passes up to [EOS] or the default limit, 2 x (body + [EOS])
+    ids = torch.tensor([tokenizer(format_sample("五言绝句", "春")).input_ids])
+    new_tokens = []
+    with torch.no_grad():
+        for _ in range(2 * (BUILTIN_FORMS["五言绝句"].body_length + 1)):
+            nxt = int(model(ids).logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            new_tokens.append(nxt)
+            ids = torch.cat([ids, torch.tensor([[nxt]])], 1)
+    assert body == "".join(tokenizer.decode(new_tokens, skip_special_tokens=True).split())
+    # the tiny model never picks [EOS] by itself: force it as the 11th new token; the body must end right before it
+    start = ids.shape[1] - len(new_tokens)
+
+    def force_eos(input_ids, scores):
+        if input_ids.shape[1] == start + 10:
+            scores = torch.full_like(scores, float("-inf"))
+            scores[:, tokenizer.eos_token_id] = 0.0
+        return scores
+
+    short = model.write_poem(
+        "五言绝句", "春", tokenizer=tokenizer, constrained=False, do_sample=False, logits_processor=[force_eos]
+    )
+    assert short == "".join(tokenizer.decode(new_tokens[:10], skip_special_tokens=True).split())
+    assert short and len(short) < len(body)
     with pytest.raises(ValueError, match="Unknown form '水调歌头'"):
         model.write_poem("水调歌头", "春", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="max_new_tokens=5 is too short"):

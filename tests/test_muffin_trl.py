@@ -93,9 +93,11 @@ def test_trl_dpo_trainer_logps_and_update(tmp_path):
 
 
 def test_dense_dpo_trainer_trains_muffin(tmp_path):
-    dense = pytest.importorskip("hf_ext.trainers.dense_dpo")
+    import hf_ext.trainers.dense_dpo as dense  # hf_ext's own trainer: a broken import must fail, not skip
+
     model, processor = tiny_muffin()
     ref_chosen = _reference_logps(model, processor, CHOSEN)
+    ref_rejected = _reference_logps(model, processor, REJECTED)
     # character spans of the assistant message text (the corrected segments of RLHF-V)
     extra = {"chosen_segments": [[0, len(CHOSEN)]], "rejected_segments": [[2, len(REJECTED)]]}
     trainer = dense.DenseDPOTrainer(
@@ -110,5 +112,6 @@ def test_dense_dpo_trainer_trains_muffin(tmp_path):
     logs = trainer.state.log_history[0]
     # gamma = 1: every weight is 1, so the dense sequence score is the plain sum of token log-probs
     assert logs["logps/chosen"] == pytest.approx(ref_chosen, rel=1e-4)
-    assert np.isfinite(logs["loss"])
+    assert logs["logps/rejected"] == pytest.approx(ref_rejected, rel=1e-4)
+    assert logs["loss"] == pytest.approx(np.log(2), rel=1e-5)  # policy == reference at step 1: -log sigmoid(0)
     assert not torch.equal(model.model.query, before)

@@ -197,8 +197,28 @@ def test_encode_and_reconstruct():
     ids, mask, _ = batch()
     lo = model.encode(ids, mask, use_mean=True)
     assert lo.latents.shape == (3, 3, 6)
+    # use_mean: the chain z_k = W z_{k-1} + e_k with the innovations' means only (no noise), by hand
+    with torch.no_grad():
+        feats, valid, _ = model.transformer.segment_features(ids, mask)
+        delta, _ = model.transformer.innovations(feats)
+        p_std = torch.exp(0.5 * model.transformer.latent.prior_logvar)
+        w = model.transformer.latent.transition()
+    e = p_std * delta * valid[..., None]
+    z = torch.zeros(3, 6)
+    for k in range(feats.shape[1]):
+        z = z @ w.T + e[:, k]
+        torch.testing.assert_close(lo.latents[:, k], z, rtol=1e-4, atol=1e-5)
     out = model.generate(ids[:, :1], latents=lo.latents, max_new_tokens=4, do_sample=False)
     assert out.shape == (3, 5)
+    # reconstruction = greedy decoding from those latents: a loop over full forward passes
+    manual, done = ids[:, :1], torch.zeros(3, dtype=torch.bool)
+    with torch.no_grad():
+        for _ in range(4):
+            nxt = model(manual, latents=lo.latents).logits[:, -1].argmax(-1)
+            nxt = torch.where(done, torch.full_like(nxt, model.config.pad_token_id), nxt)
+            done |= nxt == model.config.eos_token_id
+            manual = torch.cat([manual, nxt[:, None]], 1)
+    assert torch.equal(out, manual)
 
 
 def test_save_load_round_trip_and_from_backbone(tmp_path):

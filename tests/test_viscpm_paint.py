@@ -117,8 +117,16 @@ def test_num_images_per_prompt_and_callback(pipe):
 
 
 def test_no_guidance_single_unet_batch(pipe):
-    a = run(pipe, PROMPTS[0], seed=0, guidance_scale=1.0)
-    b = run(pipe, PROMPTS[0], seed=0, guidance_scale=7.5)
+    unet_batches = []
+    hook = pipe.unet.register_forward_pre_hook(lambda module, args: unet_batches.append(args[0].shape[0]))
+    try:
+        a = run(pipe, PROMPTS[0], seed=0, guidance_scale=1.0)
+        n_plain = len(unet_batches)
+        b = run(pipe, PROMPTS[0], seed=0, guidance_scale=7.5)
+    finally:
+        hook.remove()
+    # guidance_scale=1 skips the unconditional half: one image -> UNet batch 1 per step; with guidance, batch 2
+    assert unet_batches == [1] * n_plain + [2] * n_plain and n_plain == 2
     assert a.shape == b.shape and np.abs(a - b).max() > 1e-4
 
 
