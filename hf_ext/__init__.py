@@ -46,7 +46,11 @@ def __dir__() -> list[str]:
 
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .pipelines.iap import IAPStableDiffusionPipeline  # noqa: F401
+    from .pipelines.viscpm_paint import VisCPMPaintPipeline  # noqa: F401
+    from .trainers.care import CAREConfig, CARETrainer  # noqa: F401
     from .trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer  # noqa: F401
     from .trainers.elv import ELVConfig, ELVModel, ELVTrainer  # noqa: F401
+    from .trainers.text_vae import TextVAEConfig, TextVAETrainer  # noqa: F401
 
 __all__ = ["__version__", *_LAZY_ATTRS]
