@@ -472,7 +472,9 @@ def test_vlm_explicit_spans(tmp_path, vlm_data):
 def test_two_process_run(tmp_path):
     script = Path(__file__).with_name("_dense_dpo_ddp.py")
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", str(script), str(tmp_path)]
+    # --standalone: a free rendezvous port, so concurrent multi-process tests (xdist) do not collide on 29500
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
+    cmd.append(str(tmp_path))
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "RANK 0 world 2 MULTI_CPU" in proc.stdout and "RANK 1 world 2 MULTI_CPU" in proc.stdout

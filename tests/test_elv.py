@@ -505,7 +505,8 @@ def test_two_process_ddp_run(tmp_path):
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
     proc = subprocess.run(
-        [torchrun, "--nproc_per_node", "2", str(script), str(tmp_path / "out")],
+        # --standalone: a free rendezvous port, so concurrent multi-process tests (xdist) do not collide on 29500
+        [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(tmp_path / "out")],
         env=env,
         capture_output=True,
         text=True,
