@@ -68,3 +68,20 @@ def test_trainer_mixin_writes_hf_ext_card(tmp_path):
     card = ModelCard.load(tmp_path / "run" / "README.md")
     assert "2211.07164" in card.text and "Reconstructed method" in card.text
     assert "care" in card.data.tags
+
+
+def test_trainer_mixin_falls_back_to_the_library_card_for_non_hf_ext_models(tmp_path):
+    from datasets import Dataset
+    from transformers import GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
+
+    class CardTrainer(HfExtModelCardMixin, Trainer):
+        pass  # no family: inferred from the model type, and a GPT-2 is not an hf_ext model
+
+    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=32, n_positions=16))
+    data = Dataset.from_dict({"input_ids": [[1, 2, 3, 4]] * 2, "labels": [[1, 2, 3, 4]] * 2})
+    args = TrainingArguments(output_dir=str(tmp_path / "run"), max_steps=1, report_to=[], use_cpu=True)
+    trainer = CardTrainer(model=model, args=args, train_dataset=data)
+    trainer.create_model_card(tags=["my-tag"])
+    card = ModelCard.load(tmp_path / "run" / "README.md")
+    assert "my-tag" in card.data.tags
+    assert "arxiv.org/abs" not in card.text  # transformers' own card, not an hf_ext family card

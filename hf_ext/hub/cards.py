@@ -420,7 +420,7 @@ class HfExtModelCardMixin:
             getattr(getattr(model, "config", None), "model_type", "")
         )
         if not family:
-            return super().create_model_card(model_name=model_name, **kwargs)
+            return super().create_model_card(model_name=model_name, tags=tags, **kwargs)
         card = create_model_card(
             family,
             model_id=model_id,
