@@ -13,6 +13,7 @@ _MODEL_PACKAGES: list[str] = [
     "trace",
     "beit3",
     "muffin",
+    "cpmbee",
     "viscpm_chat",
     "jiuge",
 ]

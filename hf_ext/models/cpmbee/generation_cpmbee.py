@@ -1,0 +1,7 @@
+"""placeholder"""
+
+CpmBeeBeamSearchOutput = None
+
+
+def cpmbee_beam_search():
+    pass
