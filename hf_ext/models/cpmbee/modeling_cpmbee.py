@@ -490,7 +490,7 @@ class CpmBeeModel(CpmBeePreTrainedModel):
             + segment_ids[:, :, None] * num_segments_q[:, :, None]
             + segment_ids[:, None, :]
         )
-        key_pos, key_seg, key_sample, key_span = position_ids, segment_ids, sample_ids, span
+        key_pos = position_ids
         if has_state:
             state = cache.state
             pv = state["valid"] if past_valid is None else state["valid"] & past_valid
@@ -509,9 +509,6 @@ class CpmBeeModel(CpmBeePreTrainedModel):
             same = torch.cat([p_same, same], dim=-1)
             rel_index = torch.cat([p_index, rel_index], dim=-1)
             key_pos = torch.cat([state["positions"], position_ids], dim=1)
-            key_seg = torch.cat([state["segments"], segment_ids], dim=1)
-            key_sample = torch.cat([state["sample_ids"], sample_ids], dim=1)
-            key_span = torch.cat([state["span"], span], dim=1)
         rel_index = torch.where(same, rel_index, 0).clamp(max=segment_rel.shape[1] - 1)
         segment_bucket = torch.where(same, torch.gather(segment_rel, 1, rel_index.flatten(1)).view_as(rel_index), 1)
         position_bias = self.position_bias(position_ids, key_pos, segment_bucket)

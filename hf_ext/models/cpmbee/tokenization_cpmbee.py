@@ -41,6 +41,14 @@ def load_cpmbee_vocab(vocab_file: str | os.PathLike) -> list[str]:
     return [t for t in tokens if t]
 
 
+def _fill_answer_placeholders(node: Any, path: list[str], placeholders: list[list[str]]) -> Any:
+    """Replace every answer leaf by `<ans_k>` (depth first, k from 1), recording its key path."""
+    if isinstance(node, Mapping):
+        return {k: _fill_answer_placeholders(v, path + [k], placeholders) for k, v in node.items()}
+    placeholders.append(path)
+    return f"<ans_{len(placeholders)}>"
+
+
 class CpmBeeTokenizer(PreTrainedTokenizer):
     r"""
     Construct a CPM-Bee tokenizer (greedy longest match over ``vocab.txt``) that also turns structured dict inputs
@@ -495,18 +503,9 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
         for b, item in enumerate(batch):
             if not isinstance(item, Mapping) or "<ans>" not in item:
                 raise ValueError(f"Input {b} needs a top-level '<ans>' key (the answer to generate): {item!r}")
-            counter = [0]
             placeholders: list[list[str]] = []
-
-            def fill(node: Any, path: list[str]) -> Any:
-                if isinstance(node, Mapping):
-                    return {k: fill(v, path + [k]) for k, v in node.items()}
-                counter[0] += 1
-                placeholders.append(path)
-                return f"<ans_{counter[0]}>"
-
             filled = dict(item)
-            filled["<ans>"] = fill(item["<ans>"], [])
+            filled["<ans>"] = _fill_answer_placeholders(item["<ans>"], [], placeholders)
             conv = self.convert_data_to_id(filled)
             segs = conv["segments"]
             predict_segments = []
