@@ -264,3 +264,29 @@ def test_config_validation():
         CpmBeeConfig(position_bias_num_segment_buckets=32)
     with pytest.raises(ValueError, match="Unknown CPM-Bee config key"):
         CpmBeeConfig.from_original_config({"dim_model": 8, "bogus": 1})
+
+
+# ------------------------------------------------------------------ beam search
+BEAMS = json.loads((FIX / "expected" / "beam_search.json").read_text(encoding="utf-8"))
+
+
+@pytest.mark.parametrize("run", BEAMS["runs"], ids=lambda r: f"{r['implementation'][:12]}-{'+'.join(r['cases'])}")
+def test_beam_search_golden(tok, model, run):
+    from hf_ext.models.cpmbee import cpmbee_beam_search
+
+    settings = run["settings"]
+    enc, infos = tok.prepare_for_generation(run["data"])
+    if "model_inputs" in run:  # the original's prompt tensors (left-padded batch)
+        mi = run["model_inputs"]
+        assert enc["input_ids"].tolist() == mi["input"] and enc["segment_ids"].tolist() == mi["segment"]
+        assert enc["num_segments"].tolist() == mi["num_segments"] and enc["position_ids"].tolist() == mi["input_pos"]
+        assert enc["ext_table_ids"].tolist() == mi["batch_ext_table_ids"]
+        for info, ref in zip(infos, run["other_info"]):
+            assert [list(p) for p in info["predict_segments"]] == ref["predict_segments"]
+            assert info["answer_placeholders"] == ref["answer_placeholders"]
+    out = cpmbee_beam_search(model, tok, run["data"], **settings)
+    assert [[list(t) for t in r] for r in out.result_ids] == run["result_ids"]
+    assert out.answers == run["result"]
+    for mine, ref in zip(out.hypotheses, run["hypotheses"]):
+        assert [[list(t) for t in toks] for _, toks in mine] == [h["tokens"] for h in ref]
+        assert [s for s, _ in mine] == pytest.approx([h["score"] for h in ref], abs=ATOL)
