@@ -290,3 +290,42 @@ def test_beam_search_golden(tok, model, run):
     for mine, ref in zip(out.hypotheses, run["hypotheses"]):
         assert [[list(t) for t in toks] for _, toks in mine] == [h["tokens"] for h in ref]
         assert [s for s, _ in mine] == pytest.approx([h["score"] for h in ref], abs=ATOL)
+
+
+def _greedy_by_full_forward(model, enc, steps):
+    """Greedy decoding that recomputes every step with one uncached forward (generated tokens are answer tokens)."""
+    keys = ("input_ids", "input_id_sub", "position_ids", "segment_ids", "num_segments", "context", "attention_mask")
+    cur = {k: enc[k].clone() for k in keys}
+    out = []
+    for _ in range(steps):
+        logits = model(
+            **cur,
+            segment_rel=enc["segment_rel"],
+            ext_table_ids=enc["ext_table_ids"],
+            ext_table_sub=enc["ext_table_sub"],
+            use_cache=False,
+        ).logits[:, -1]
+        nxt = logits.argmax(-1, keepdim=True)
+        out.append(nxt)
+        cur["input_ids"] = torch.cat([cur["input_ids"], nxt], 1)
+        for k, extra in (("input_id_sub", 0), ("context", 0), ("attention_mask", 1)):
+            cur[k] = torch.cat([cur[k], torch.full_like(nxt, extra)], 1)
+        cur["position_ids"] = torch.cat([cur["position_ids"], cur["position_ids"][:, -1:] + 1], 1)
+        cur["segment_ids"] = torch.cat([cur["segment_ids"], cur["segment_ids"][:, -1:]], 1)
+        cur["num_segments"] = torch.cat([cur["num_segments"], cur["num_segments"][:, -1:]], 1)
+    return torch.cat(out, 1)
+
+
+def test_stock_generate_matches_uncached_greedy(tok, model):
+    data = [{"input": "今天天气不错，", "<ans>": ""}, {"question": "What is this? 🍎", "<ans>": ""}]
+    enc, infos = tok.prepare_for_generation(data, add_answer_bos=True)
+    assert enc["input_ids"][:, -1].tolist() == [tok.bos_token_id] * 2 and enc["context"][:, -1].tolist() == [0, 0]
+    with torch.no_grad():
+        generated = model.generate(**enc, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+        reference = _greedy_by_full_forward(model, enc, 5)
+    assert torch.equal(generated[:, enc["input_ids"].shape[1] :], reference)
+    # a left-padded batch gives each row what it gives alone
+    with torch.no_grad():
+        alone, _ = tok.prepare_for_generation(data[0], add_answer_bos=True)
+        single = model.generate(**alone, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
+    assert torch.equal(single[0, alone["input_ids"].shape[1] :], reference[0])

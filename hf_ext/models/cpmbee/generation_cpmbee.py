@@ -117,9 +117,7 @@ def cpmbee_beam_search(
     beams: list[list[dict[str, Any]]] = []
     for info in infos:
         first_seg = info["predict_segments"][0][0]
-        beams.append(
-            [{"fed": [], "leaf": 0, "ans": [], "next": (bos, 0, first_seg, 0)} for _ in range(beam_size)]
-        )
+        beams.append([{"fed": [], "leaf": 0, "ans": [], "next": (bos, 0, first_seg, 0)} for _ in range(beam_size)])
     scores = torch.full((batch, beam_size), -1e9, device=device)
     scores[:, 0] = 0.0
     hyps: list[list[tuple[float, list[tuple[int, int]]]]] = [[] for _ in range(batch)]
@@ -133,17 +131,21 @@ def cpmbee_beam_search(
             for bm in row:
                 bm["fed"] = bm["fed"] + [bm["next"][0]]
         ids = torch.tensor([[f[0]] for f in feed], device=device)
-        logits = model(
-            input_ids=ids,
-            input_id_sub=torch.tensor([[f[1]] for f in feed], device=device),
-            segment_ids=torch.tensor([[f[2]] for f in feed], device=device),
-            position_ids=torch.tensor([[f[3]] for f in feed], device=device),
-            context=torch.ones_like(ids),
-            ext_table_ids=ext_ids,
-            ext_table_sub=ext_subs,
-            cache=cache,
-            use_cache=True,
-        ).logits[:, -1].float()
+        logits = (
+            model(
+                input_ids=ids,
+                input_id_sub=torch.tensor([[f[1]] for f in feed], device=device),
+                segment_ids=torch.tensor([[f[2]] for f in feed], device=device),
+                position_ids=torch.tensor([[f[3]] for f in feed], device=device),
+                context=torch.ones_like(ids),
+                ext_table_ids=ext_ids,
+                ext_table_sub=ext_subs,
+                cache=cache,
+                use_cache=True,
+            )
+            .logits[:, -1]
+            .float()
+        )
         logits = logits.view(batch, beam_size, width)
         logits = logits.masked_fill(blocked[:, None, :], -10000.0)
         if repetition_penalty != 1.0:
@@ -191,19 +193,29 @@ def cpmbee_beam_search(
                     nxt_seg = segs[bm["leaf"] + 1][0]
                     nxt.append(
                         (
-                            {"fed": bm["fed"], "leaf": bm["leaf"] + 1, "ans": bm["ans"] + [(word, ans_id)],
-                             "next": (bos, 0, nxt_seg, 0)},
+                            {
+                                "fed": bm["fed"],
+                                "leaf": bm["leaf"] + 1,
+                                "ans": bm["ans"] + [(word, ans_id)],
+                                "next": (bos, 0, nxt_seg, 0),
+                            },
                             val,
                             k,
                         )
                     )
                 else:
-                    tid, sub = (int(ext_ids[word - vocab]), int(ext_subs[word - vocab])) if word >= vocab else (word, 0)
+                    tid, sub = (
+                        (int(ext_ids[word - vocab]), int(ext_subs[word - vocab])) if word >= vocab else (word, 0)
+                    )
                     _, _, seg, pos = bm["next"]
                     nxt.append(
                         (
-                            {"fed": bm["fed"], "leaf": bm["leaf"], "ans": bm["ans"] + [(word, ans_id)],
-                             "next": (tid, sub, seg, pos + 1)},
+                            {
+                                "fed": bm["fed"],
+                                "leaf": bm["leaf"],
+                                "ans": bm["ans"] + [(word, ans_id)],
+                                "next": (tid, sub, seg, pos + 1),
+                            },
                             val,
                             k,
                         )

@@ -425,6 +425,10 @@ class CpmBeeModel(CpmBeePreTrainedModel):
         if inputs_embeds is None:
             inputs_embeds = self.embed(input_ids, input_id_sub, ext_table_ids, ext_table_sub)
 
+        if cache is not None and not isinstance(cache, CpmBeeCache):
+            raise TypeError(
+                f"CPM-Bee needs a `CpmBeeCache` (it carries positions and segments), got {type(cache).__name__}."
+            )
         if use_cache and cache is None:
             cache = CpmBeeCache(config=self.config)
         past_len = cache.get_seq_length() if cache is not None else 0
@@ -568,10 +572,26 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        labels: torch.LongTensor | None = None,
+        input_id_sub: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        context: torch.LongTensor | None = None,
+        sample_ids: torch.LongTensor | None = None,
+        num_segments: torch.LongTensor | None = None,
+        segment_ids: torch.LongTensor | None = None,
+        segment_rel_offset: torch.LongTensor | None = None,
+        segment_rel: torch.LongTensor | None = None,
+        span: torch.LongTensor | None = None,
+        length: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
         ext_table_ids: torch.LongTensor | None = None,
         ext_table_sub: torch.LongTensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        cache: CpmBeeCache | None = None,
+        use_cache: bool | None = None,
+        labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         return_dict: bool | None = None,
         **kwargs,
     ) -> CausalLMOutputWithPast:
@@ -584,7 +604,27 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             logits_to_keep (`int`, *optional*, defaults to 0):
                 Compute logits for the last `logits_to_keep` positions only (0 = all).
         """
-        outputs = self.cpmbee(input_ids=input_ids, ext_table_ids=ext_table_ids, ext_table_sub=ext_table_sub, **kwargs)
+        outputs = self.cpmbee(
+            input_ids=input_ids,
+            input_id_sub=input_id_sub,
+            position_ids=position_ids,
+            context=context,
+            sample_ids=sample_ids,
+            num_segments=num_segments,
+            segment_ids=segment_ids,
+            segment_rel_offset=segment_rel_offset,
+            segment_rel=segment_rel,
+            span=span,
+            length=length,
+            attention_mask=attention_mask,
+            ext_table_ids=ext_table_ids,
+            ext_table_sub=ext_table_sub,
+            inputs_embeds=inputs_embeds,
+            cache=cache,
+            use_cache=use_cache,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+        )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
@@ -635,6 +675,10 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             "attention_mask": attention_mask,
             "logits_to_keep": 1,
         }
+        if cache is not None and not isinstance(cache, CpmBeeCache):
+            if cache.get_seq_length() > 0:
+                raise ValueError("CPM-Bee needs a `CpmBeeCache` (it carries positions and segments of cached tokens).")
+            cache = None  # generate() made a plain DynamicCache: replace it (the output's cache is used from now on)
         if cache is None or cache.get_seq_length() == 0:
             if cache is None:
                 cache = CpmBeeCache(config=self.config)

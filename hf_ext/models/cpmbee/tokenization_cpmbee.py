@@ -479,12 +479,19 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
 
     # ------------------------------------------------------------------ generation inputs
     def prepare_for_generation(
-        self, data: Mapping[str, Any] | Sequence[Mapping[str, Any]], return_tensors: str | None = "pt"
+        self,
+        data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        return_tensors: str | None = "pt",
+        add_answer_bos: bool = False,
     ) -> tuple[BatchEncoding, list[dict[str, Any]]]:
         """Prompt inputs for generation (the original `_process_list`), left-padded.
 
         Every answer leaf becomes `<ans_1>`, `<ans_2>`, ... (depth first), the answer tokens themselves are dropped,
         positions are `arange`, and the ext table holds the `(id, sub > 0)` pairs of the batch (possibly empty).
+
+        With `add_answer_bos=True` each prompt ends with the `<s>` that opens its first answer leaf (an answer token:
+        context 0, position 0, the leaf's segment), so stock `model.generate(**inputs)` continues that leaf (one
+        leaf only: use [`~hf_ext.models.cpmbee.cpmbee_beam_search`] for several leaves and CPM-Bee's own decoding).
 
         Returns:
             `tuple`: a [`BatchEncoding`] (`input_ids`, `input_id_sub`, `position_ids`, `context`, `sample_ids`,
@@ -527,15 +534,22 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
                         rev[pair_col[(base, sub)]] = conv["ext_table"][fake_id]
                     else:
                         rev[base] = conv["ext_table"][fake_id]
-            rows.append(
-                {
-                    "input_ids": [conv["input_ids"][j] for j in keep],
-                    "input_id_sub": [conv["input_id_subs"][j] for j in keep],
-                    "segment_ids": [conv["segment_ids"][j] for j in keep],
-                    "num_segments": conv["num_segments"],
-                    "segment_rel": conv["segment_rel"],
-                }
-            )
+            row = {
+                "input_ids": [conv["input_ids"][j] for j in keep],
+                "input_id_sub": [conv["input_id_subs"][j] for j in keep],
+                "segment_ids": [conv["segment_ids"][j] for j in keep],
+                "position_ids": list(range(len(keep))),
+                "context": [1] * len(keep),
+                "num_segments": conv["num_segments"],
+                "segment_rel": conv["segment_rel"],
+            }
+            if add_answer_bos:
+                row["input_ids"].append(self.bos_token_id)
+                row["input_id_sub"].append(0)
+                row["segment_ids"].append(predict_segments[0][0])
+                row["position_ids"].append(0)
+                row["context"].append(0)
+            rows.append(row)
             infos.append(
                 {
                     "data": filled,
@@ -567,8 +581,8 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
             n, pad = len(r["input_ids"]), max_len - len(r["input_ids"])
             out["input_ids"].append([self.pad_token_id] * pad + r["input_ids"])
             out["input_id_sub"].append([0] * pad + r["input_id_sub"])
-            out["position_ids"].append([0] * pad + list(range(n)))
-            out["context"].append([0] * pad + [1] * n)
+            out["position_ids"].append([0] * pad + r["position_ids"])
+            out["context"].append([0] * pad + r["context"])
             out["sample_ids"].append([0] * max_len)
             out["num_segments"].append([0] * pad + [r["num_segments"]] * n)
             out["segment_ids"].append([0] * pad + r["segment_ids"])
