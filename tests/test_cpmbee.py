@@ -329,3 +329,51 @@ def test_stock_generate_matches_uncached_greedy(tok, model):
         alone, _ = tok.prepare_for_generation(data[0], add_answer_bos=True)
         single = model.generate(**alone, max_new_tokens=5, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(single[0, alone["input_ids"].shape[1] :], reference[0])
+
+
+# ------------------------------------------------------------------ conversion
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_convert_original_checkpoint_sharded(tmp_path, dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from hf_ext.models.cpmbee.convert_cpmbee_original_to_hf import main
+
+    state = load_file(str(FIX / "original_checkpoint" / "model.safetensors"))
+    torch.save(state, tmp_path / "cpm-bee.pt")  # original keys, .pt as released
+    out = tmp_path / "hf"
+    main(
+        [
+            "--checkpoint", str(tmp_path / "cpm-bee.pt"), "--config", str(FIX / "original_checkpoint" / "config.json"),
+            "--vocab", str(FIX / "vocab.txt"), "--output_dir", str(out), "--dtype", dtype, "--max_shard_size", "150KB",
+        ]
+    )  # fmt: skip
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    shards = sorted(set(index["weight_map"].values()))
+    assert len(shards) > 1 and all((out / s).exists() for s in shards)
+    assert not list(out.glob("*.tmp.safetensors"))
+    stored = {}
+    for shard in shards:
+        stored.update(load_file(str(out / shard)))
+    for key, value in state.items():  # each tensor is stored once, cast to the requested dtype
+        assert stored["cpmbee." + key].dtype == getattr(torch, dtype)
+        torch.testing.assert_close(stored["cpmbee." + key], value.to(getattr(torch, dtype)), atol=0, rtol=0)
+    if dtype == "float32":
+        model = AutoModelForCausalLM.from_pretrained(out, dtype=torch.float32).eval()
+        tok = AutoTokenizer.from_pretrained(out)
+        case = CASES["cases"]["emoji_oov"]
+        enc = tok(case["data"])
+        with torch.no_grad():
+            logits = model(**{k: v for k, v in enc.items() if k != "labels"}, use_cache=False).logits
+        torch.testing.assert_close(logits[0], expected(case["expected"]["logits"])[0], atol=ATOL, rtol=0)
+
+
+def test_convert_rejects_mismatched_checkpoint(tmp_path):
+    from hf_ext.models.cpmbee.convert_cpmbee_original_to_hf import convert_cpmbee_checkpoint
+
+    state = load_file(str(FIX / "original_checkpoint" / "model.safetensors"))
+    state.pop("encoder.output_layernorm.weight")
+    torch.save(state, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="missing"):
+        convert_cpmbee_checkpoint(
+            tmp_path / "bad.pt", FIX / "original_checkpoint" / "config.json", FIX / "vocab.txt", tmp_path / "o"
+        )
