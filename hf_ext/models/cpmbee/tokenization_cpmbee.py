@@ -557,6 +557,8 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
                     "predict_segments": predict_segments,
                     "answer_placeholders": placeholders,
                     "rev_ext_table": rev,
+                    "segments": segs,
+                    "kept_segment_ids": [conv["segment_ids"][j] for j in keep],
                 }
             )
         max_len = max(len(r["input_ids"]) for r in rows)
