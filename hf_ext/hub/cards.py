@@ -101,7 +101,7 @@ FAMILIES: dict[str, PaperInfo] = {
         ),
         tags=("hf_ext", "viscpm", "mpm", "multilingual"),
         pipeline_tag="image-text-to-text",
-        model_types=("viscpm_chat",),
+        model_types=("viscpm_chat", "cpmbee"),
     ),
     "iap": PaperInfo(
         family="iap",
