@@ -203,6 +203,8 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
         length penalty 3); `vision_hidden_states` from an earlier turn skip the image encoder."""
         device = next(self.parameters()).device
         if vision_hidden_states is None:
+            if image is None:
+                raise ValueError("Pass an `image`, or the `vision_hidden_states` returned by an earlier turn.")
             pixel_values = image_processor([image], return_tensors="pt")["pixel_values"].to(device, self.dtype)
             vision_hidden_states = self.get_image_features(pixel_values).pooler_output
         data = build_viscpm_chat_prompt(question, context, num_query=self.config.num_query)
