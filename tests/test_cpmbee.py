@@ -377,3 +377,23 @@ def test_convert_rejects_mismatched_checkpoint(tmp_path):
         convert_cpmbee_checkpoint(
             tmp_path / "bad.pt", FIX / "original_checkpoint" / "config.json", FIX / "vocab.txt", tmp_path / "o"
         )
+
+
+def test_gradient_checkpointing_gives_the_same_gradients(tok):
+    config = CpmBeeConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, dim_ff=64, num_hidden_layers=2, num_attention_heads=2, dim_head=16,
+        position_bias_num_buckets=32, position_bias_max_distance=128, position_bias_num_segment_buckets=80,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CpmBeeForCausalLM(config).train()
+    batch = tok([{"input": "Hello world", "<ans>": "hi"}, {"input": "今天天气不错", "<ans>": "图片"}])
+    grads = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.zero_grad()
+        model(**batch).loss.backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert model.cpmbee.encoder.layers[0].gradient_checkpointing
+    for name, grad in grads[0].items():
+        torch.testing.assert_close(grads[1][name], grad, msg=name)

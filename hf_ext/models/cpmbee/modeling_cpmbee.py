@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
+from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
 from transformers.utils import logging
 
@@ -264,7 +265,7 @@ class CpmBeeFFNBlock(nn.Module):
         return (hidden + out) / self.residual_scale
 
 
-class CpmBeeTransformerBlock(nn.Module):
+class CpmBeeTransformerBlock(GradientCheckpointingLayer):
     def __init__(self, config: CpmBeeConfig, layer_idx: int):
         super().__init__()
         self.self_att = CpmBeeSelfAttentionBlock(config, layer_idx)
@@ -286,7 +287,7 @@ class CpmBeePreTrainedModel(PreTrainedModel):
     config: CpmBeeConfig
     config_class = CpmBeeConfig
     base_model_prefix = "cpmbee"
-    supports_gradient_checkpointing = False
+    supports_gradient_checkpointing = True
     _no_split_modules = ["CpmBeeTransformerBlock"]
     _can_compile_fullgraph = False
     _supports_attention_backend = False
