@@ -397,3 +397,26 @@ def test_gradient_checkpointing_gives_the_same_gradients(tok):
     assert model.cpmbee.encoder.layers[0].gradient_checkpointing
     for name, grad in grads[0].items():
         torch.testing.assert_close(grads[1][name], grad, msg=name)
+
+
+def test_token_mask_logits_processor_with_stock_generate(tok, model):
+    from transformers import LogitsProcessorList
+
+    from hf_ext.models.cpmbee import CpmBeeTokenMaskLogitsProcessor
+
+    data = [{"input": "Ωmega ∑∑ x ∞", "<ans>": ""}, {"input": "今天天气不错，", "<ans>": ""}]
+    enc, infos = tok.prepare_for_generation(data, add_answer_bos=True)
+    proc = CpmBeeTokenMaskLogitsProcessor(tok.vocab_size, tok.unk_token_id, [i["rev_ext_table"] for i in infos])
+    scores = torch.zeros(4, tok.vocab_size + 2)  # 2 prompts x 2 beams
+    masked = proc(None, scores)
+    # row 0 (prompt 0) has OOV pieces: <unk> (first piece) and both ext columns are its own; prompt 1 has none
+    assert masked[:2].eq(0).all()
+    assert masked[2:, tok.unk_token_id].eq(-10000).all() and masked[2:, tok.vocab_size :].eq(-10000).all()
+    assert masked[2:, : tok.unk_token_id].eq(0).all() and masked[2:, tok.unk_token_id + 1 : tok.vocab_size].eq(0).all()
+    with torch.no_grad():
+        out = model.generate(
+            **enc, max_new_tokens=4, do_sample=False, eos_token_id=None, pad_token_id=0,
+            logits_processor=LogitsProcessorList([proc]),
+        )  # fmt: skip
+    new = out[1, enc["input_ids"].shape[1] :]
+    assert (new != tok.unk_token_id).all() and (new < tok.vocab_size).all()

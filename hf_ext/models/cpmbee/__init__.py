@@ -6,7 +6,12 @@ Importing this package registers ``model_type="cpmbee"`` with ``AutoConfig``, ``
 
 from .._registry import register_model
 from .configuration_cpmbee import CpmBeeConfig
-from .generation_cpmbee import CpmBeeBeamSearchOutput, cpmbee_beam_search
+from .generation_cpmbee import (
+    VISCPM_CHAT_BEAM_SETTINGS,
+    CpmBeeBeamSearchOutput,
+    CpmBeeTokenMaskLogitsProcessor,
+    cpmbee_beam_search,
+)
 from .modeling_cpmbee import CpmBeeCache, CpmBeeForCausalLM, CpmBeeModel, CpmBeePreTrainedModel
 from .tokenization_cpmbee import CpmBeeTokenizer
 
@@ -18,7 +23,9 @@ register_model(
 )
 
 __all__ = [
+    "VISCPM_CHAT_BEAM_SETTINGS",
     "CpmBeeBeamSearchOutput",
+    "CpmBeeTokenMaskLogitsProcessor",
     "CpmBeeCache",
     "CpmBeeConfig",
     "CpmBeeForCausalLM",

@@ -17,13 +17,61 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from transformers import LogitsProcessor
 from transformers.utils import ModelOutput, logging
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["VISCPM_CHAT_BEAM_SETTINGS", "CpmBeeBeamSearchOutput", "cpmbee_beam_search"]
+__all__ = [
+    "VISCPM_CHAT_BEAM_SETTINGS",
+    "CpmBeeBeamSearchOutput",
+    "CpmBeeTokenMaskLogitsProcessor",
+    "cpmbee_beam_search",
+]
 
 VISCPM_CHAT_BEAM_SETTINGS = {"beam_size": 3, "temperature": 0.7, "repetition_penalty": 1.1, "length_penalty": 3.0}
+
+
+class CpmBeeTokenMaskLogitsProcessor(LogitsProcessor):
+    """CPM-Bee's output mask for stock `generate()`: `<unk>` is forbidden unless the prompt has an OOV piece it stands
+    for, and every extension column that is not one of the row's own pieces is forbidden (set to `mask_value`, as the
+    original's -10000).
+
+    Args:
+        vocab_size (`int`): the vocabulary size (extension columns follow it).
+        unk_token_id (`int`): id of `<unk>`.
+        rev_ext_tables (`list[dict]`): per prompt, `infos[i]["rev_ext_table"]` from
+            [`CpmBeeTokenizer.prepare_for_generation`]; rows of a `num_beams`/`num_return_sequences` expanded batch map
+            to prompt `row // (rows / prompts)`.
+        mask_value (`float`, *optional*, defaults to -10000.0): value of forbidden logits.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        unk_token_id: int,
+        rev_ext_tables: Sequence[Mapping[int, str]],
+        mask_value: float = -10000.0,
+    ):
+        self.vocab_size = vocab_size
+        self.unk_token_id = unk_token_id
+        self.allowed = [{int(k) for k in table} for table in rev_ext_tables]
+        self.mask_value = mask_value
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        rows, width = scores.shape
+        if rows % len(self.allowed):
+            raise ValueError(f"{rows} rows cannot be split over {len(self.allowed)} prompts.")
+        per_prompt = rows // len(self.allowed)
+        blocked = torch.zeros(len(self.allowed), width, dtype=torch.bool, device=scores.device)
+        for b, allowed in enumerate(self.allowed):
+            if self.unk_token_id not in allowed:
+                blocked[b, self.unk_token_id] = True
+            blocked[b, self.vocab_size :] = True
+            for col in allowed:
+                if col >= self.vocab_size:
+                    blocked[b, col] = False
+        return scores.masked_fill(blocked.repeat_interleave(per_prompt, dim=0), self.mask_value)
 
 
 @dataclass
