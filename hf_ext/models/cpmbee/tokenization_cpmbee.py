@@ -161,14 +161,13 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
 
     # ------------------------------------------------------------------ text
     @staticmethod
-    def _split_special(text: str) -> list[tuple[str, list[int], bool]]:
-        """`text` -> `[(piece, character offsets, is_special)]`: `<<` is a literal `<`, `<x...>` a special token."""
-        out: list[tuple[str, list[int], bool]] = []
-        buf, offsets, i = "", [], 0
+    def _split_special(text: str) -> list[tuple[str, bool]]:
+        """`text` -> `[(piece, is_special)]`: `<<` is a literal `<`, `<x...>` a special token."""
+        out: list[tuple[str, bool]] = []
+        buf, i = "", 0
         while i < len(text):
             c = text[i]
             if c != "<":
-                offsets.append(i)
                 buf += c
                 i += 1
                 continue
@@ -177,7 +176,6 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
                     f"Unexpected end of text `{text}`: a single `<` ends it (write `<<` for a literal `<`)."
                 )
             if text[i + 1] == "<":
-                offsets.append(i)
                 buf += "<"
                 i += 2
                 continue
@@ -192,23 +190,23 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
             if j >= len(text):
                 raise ValueError(f"Unexpected end of text `{text}`: the special token at pos {i} has no `>`.")
             if buf:
-                out.append((buf, offsets, False))
-            buf, offsets = "", []
-            out.append((text[i : j + 1], [i], True))
+                out.append((buf, False))
+            buf = ""
+            out.append((text[i : j + 1], True))
             i = j + 1
         if buf:
-            out.append((buf, offsets, False))
+            out.append((buf, False))
         return out
 
     def tokenize_with_info(self, text: str) -> list[tuple[str, int, bool, bool]]:
         """CPM-Bee tokenization: `[(token, start, is_oov_run, is_special)]`; `start` is the offset in the unescaped
         text (each `<<` counts as one character), as the original reports it."""
-        result = []
-        for piece, offsets, special in self._split_special(text):
+        tokens: list[tuple[str, bool, bool]] = []
+        for piece, special in self._split_special(text):
             if special:
-                result.append((piece, offsets[0], False, True))
+                tokens.append((piece, False, True))
                 continue
-            p, unk, unk_start = 0, "", 0
+            p, unk = 0, ""
             while p < len(piece):
                 match = None
                 for n in range(min(self._max_token_length, len(piece) - p), 0, -1):
@@ -216,21 +214,19 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
                     if cand in self.encoder and cand not in self._special_vocab:
                         match = cand
                         break
-                if match is None:
-                    if not unk:
-                        unk_start = offsets[p]
+                if match is None:  # characters that match nothing join one out-of-vocabulary run
                     unk += piece[p]
                     p += 1
                     continue
                 if unk:
-                    result.append((unk, unk_start, True, False))
+                    tokens.append((unk, True, False))
                     unk = ""
-                result.append((match, offsets[p], False, False))
+                tokens.append((match, False, False))
                 p += len(match)
             if unk:
-                result.append((unk, unk_start, True, False))
+                tokens.append((unk, True, False))
         start, out = 0, []
-        for tok, _, is_unk, is_special in result:
+        for tok, is_unk, is_special in tokens:
             out.append((tok, start, is_unk, is_special))
             start += len(tok)
         return out
