@@ -132,6 +132,15 @@ def test_two_turn_chat_golden(loaded):
                 use_cache=True,
             )  # fmt: skip
             torch.testing.assert_close(step.logits[:, -1:], gold(turn["expected"]["step1_logits"]), atol=ATOL, rtol=0)
+            from hf_ext.models.cpmbee import VISCPM_CHAT_BEAM_SETTINGS, cpmbee_beam_search
+
+            beams = cpmbee_beam_search(
+                model, tok, model_inputs=enc, infos=infos, inputs_embeds=embeds, max_length=settings["max_length"],
+                **VISCPM_CHAT_BEAM_SETTINGS,
+            )  # fmt: skip
+            ref = turn["hypotheses"][0]
+            assert [[list(t) for t in toks] for _, toks in beams.hypotheses[0]] == [h["tokens"] for h in ref]
+            assert [s for s, _ in beams.hypotheses[0]] == pytest.approx([h["score"] for h in ref], abs=ATOL)
             answer, context, vision = model.chat(
                 tok, image_processor, image, question, context=context, vision_hidden_states=vision,
                 max_length=settings["max_length"],
