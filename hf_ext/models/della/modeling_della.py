@@ -20,11 +20,11 @@ import torch
 from torch import nn
 from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedModel
 from transformers import initialization as init
+from transformers.activations import ACT2FN
 from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
-from transformers.activations import ACT2FN
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, eager_attention_forward
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput, can_return_tuple, logging
