@@ -481,3 +481,44 @@ def test_converter_rejects_a_foreign_checkpoint():
         convert_della_state_dict(bad, cfg)
     with pytest.raises(ValueError, match="Unknown key"):
         convert_della_state_dict({**state, "encoder.extra.weight": torch.zeros(1)}, cfg)
+
+
+def test_beta_schedule_original_in_the_trainer(tmp_path):
+    """TextVAETrainer(beta_schedule="della_original") gives schedule B step by step (4 steps/epoch, 8 epochs)."""
+    from datasets import Dataset
+    from transformers import TrainerCallback
+
+    from hf_ext.trainers.text_vae import TextVAEConfig, TextVAETrainer
+
+    spec = _metrics()["beta_schedule"]["B"]
+    cfg = DellaConfig(
+        vocab_size=20, n_embd=16, n_layer=1, n_head=2, n_positions=16, latent_size=2, latent_lmf_rank=1, pad_token_id=0
+    )
+    model = DellaForCausalLM(cfg)
+    rows = [{"input_ids": [1 + (i % 5), 2, 3]} for i in range(spec["batches_per_epoch"])]
+    args = TextVAEConfig(
+        output_dir=str(tmp_path),
+        num_train_epochs=spec["epochs"],
+        per_device_train_batch_size=1,
+        gradient_accumulation_steps=spec["gradient_accumulation_steps"],
+        beta_schedule="della_original",
+        cycle_epochs=spec["cycle_iters"],
+        learning_rate=1e-4,
+        report_to=[],
+        use_cpu=True,
+        save_strategy="no",
+        logging_strategy="no",
+        dataloader_drop_last=False,
+    )
+    trainer = TextVAETrainer(model=model, args=args, train_dataset=Dataset.from_list(rows))
+    seen = []
+
+    class Record(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kw):
+            seen.append(model.kl_weight)
+
+    trainer.add_callback(Record())
+    trainer.train()
+    assert len(seen) == len(spec["beta_per_optimizer_step"])
+    for a, b in zip(seen, spec["beta_per_optimizer_step"]):
+        assert abs(a - b) <= 1e-12

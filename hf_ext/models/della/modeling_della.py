@@ -856,39 +856,34 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
-        result = TextVAEOutput(
-            logits=logits,
-            cache=out.cache,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-            latent_output=latent_out,
-        )
+        fields = {}
         if latent_out is not None:
             lo = latent_out
-            result.kl_per_group = gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar)
-            per_group = result.kl_per_group
-            result.kl = per_group.sum(1) if self.config.kl_reduction == "sum" else per_group.mean(1)
-            result.log_prior = gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar).sum(1)
-            result.log_posterior = gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar).sum(1)
+            per_group = gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar)
+            fields["kl_per_group"] = per_group
+            fields["kl"] = per_group.sum(1) if self.config.kl_reduction == "sum" else per_group.mean(1)
+            fields["log_prior"] = gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar).sum(1)
+            fields["log_posterior"] = gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar).sum(1)
+        loss = None
         if labels is not None or shift_labels is not None:
             if shift_labels is None:
                 labels = self._ignore_pad_labels(labels)
                 shift_labels = labels[:, 1:]
-                full_logits = logits[:, :-1]
+                shifted_logits = logits[:, :-1]
             else:
                 shift_labels = self._ignore_pad_labels(shift_labels)
-                labels = nn.functional.pad(shift_labels, (1, 0), value=-100)
-                full_logits = logits
-            if full_logits.shape[1] != shift_labels.shape[1]:
+                labels = nn.functional.pad(shift_labels, (1, 0), value=-100)[:, :-1]
+                shifted_logits = logits
+            if shifted_logits.shape[1] != shift_labels.shape[1]:
                 raise ValueError(
                     "The loss needs the logits of every position: leave `logits_to_keep` at 0 when passing labels."
                 )
-            result.rec_loss, result.num_tokens = sequence_nll(full_logits, shift_labels)
-            loss = result.rec_loss.mean()
+            fields["rec_loss"], fields["num_tokens"] = sequence_nll(shifted_logits, shift_labels)
+            loss = fields["rec_loss"].mean()
             if latent_out is not None:
                 beta = self.kl_weight if kl_weight is None else kl_weight
                 kl_term = kl_loss_with_free_bits(
-                    result.kl_per_group,
+                    fields["kl_per_group"],
                     self.config.kl_reduction,
                     self.config.free_bits,
                     self.config.free_bits_reduction,
@@ -896,8 +891,15 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
                 loss = loss + beta * kl_term
                 if self.config.bow_weight > 0:
                     loss = loss + self.config.bow_weight * self._bow_loss(latents, labels).mean()
-            result.loss = loss
-        return result
+        return TextVAEOutput(
+            loss=loss,
+            logits=logits,
+            cache=out.cache,
+            hidden_states=out.hidden_states,
+            attentions=out.attentions,
+            latent_output=latent_out,
+            **fields,
+        )
 
     def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
         """As `GenerationMixin`'s, with position ids recomputed from the whole attention mask at every step:
