@@ -293,21 +293,43 @@ def evaluate_text_vae(
     au_threshold: float = 0.2,
     max_batches: int | None = None,
     seed: int = 0,
+    convention: str = "textbook",
 ) -> dict[str, float]:
     """Run a text VAE (DELLA, TRACE) or a plain causal LM over ``dataloader`` and compute the metric suite.
 
     Batches are dicts with ``input_ids``, ``attention_mask``, ``labels`` (as :class:`DataCollatorForTextVAE` makes).
 
+    Args:
+        model: a DELLA / TRACE model, or a causal LM.
+        dataloader: the batches.
+        num_importance_samples (`int`, *optional*, defaults to 30): K.
+        au_threshold (`float`, *optional*, defaults to 0.2): delta of the active units.
+        max_batches (`int`, *optional*): stop after this many batches.
+        seed (`int`, *optional*, defaults to 0): seeds the latent draws.
+        convention (`str`, *optional*, defaults to `"textbook"`): ``"textbook"``, ``"della_official"`` (the
+            estimators of the official DELLA code, what the paper's tables report: see the module doc) or ``"both"``
+            (textbook keys, plus the official ones prefixed ``della_official_``). The official conventions apply to
+            DELLA only; the same K posterior samples serve both.
+
     Returns:
         ``{"ppl", "nll", "rec", "kl", "elbo", "mi", "au", "au_fraction", "latent_dims", "num_tokens"}``; for a plain LM only ``ppl``,
         ``nll`` and ``num_tokens`` (PPL is then exact). ``nll`` is -log p(x) per example (IW for VAEs), ``elbo`` is
-        per example, ``rec`` the posterior-sample reconstruction NLL, ``kl`` per example.
+        per example, ``rec`` the posterior-sample reconstruction NLL, ``kl`` per example. Official keys: ``ppl``
+        (mean-over-layers weights, ``attention_mask`` tokens), ``nll`` (mean over samples of -log p(x|z), per
+        sentence), ``kl`` (mean over layers, after ``free_bits``), ``elbo`` (= kl + nll), ``au`` / ``au_fraction``
+        (``>=``, unclamped means, sampled chain), ``latent_dims``, ``num_tokens`` (``attention_mask.sum()``).
     """
+    if convention not in ("textbook", "della_official", "both"):
+        raise ValueError(f"`convention` must be 'textbook', 'della_official' or 'both', got {convention!r}.")
     torch.manual_seed(seed)
     was_training = model.training
     model.eval()
     log_px, tokens, rec, kl, means, logvars, mean_means = [], [], [], [], [], [], []
     is_trace = getattr(model.config, "model_type", "") == "trace"
+    official = convention != "textbook"
+    if official and getattr(model.config, "model_type", "") != "della":
+        raise ValueError(f"convention={convention!r} (the official DELLA estimators) needs a DELLA model.")
+    off = {k: [] for k in ("log_px", "words", "gen", "kl", "au1", "au2")}
     for b, batch in enumerate(dataloader):
         if max_batches is not None and b >= max_batches:
             break
@@ -345,12 +367,28 @@ def evaluate_text_vae(
                 batch["input_ids"], batch.get("attention_mask"), **_extra(batch, model), use_mean=True
             )
             mean_means.append(mean_lo.posterior_mean.flatten(1))
-        samples = [(-out.rec_loss, out.log_prior, out.log_posterior)]
-        for _ in range(num_importance_samples - 1):
-            o = model(**batch)
-            samples.append((-o.rec_loss, o.log_prior, o.log_posterior))
-        ll, lpz, lqz = (torch.stack(t, dim=-1) for t in zip(*samples))
+        outs = [out] + [model(**batch) for _ in range(num_importance_samples - 1)]
+        ll, lpz, lqz = (
+            torch.stack(t, dim=-1) for t in zip(*[(-o.rec_loss, o.log_prior, o.log_posterior) for o in outs])
+        )
         log_px.append(iw_log_likelihood(ll, lpz, lqz))
+        if official:
+            dens = [_per_layer_log_densities(o.latent_output) for o in outs]
+            lw = torch.stack([-o.rec_loss + p.mean(1) - q.mean(1) for o, (p, q) in zip(outs, dens)], dim=-1)
+            off["log_px"].append(torch.logsumexp(lw.double(), dim=-1) - math.log(len(outs)))
+            mask = batch.get("attention_mask")
+            off["words"].append(int(mask.sum()) if mask is not None else batch["input_ids"].numel())
+            off["gen"].append(ll.double().mean(-1))
+            off["kl"].append(_official_kl_seq(model, out.kl_per_group).double())
+            off["au1"].append(out.latent_output.posterior_mean_raw.flatten(1))
+            if len(outs) > 1:
+                second = outs[1]
+            else:  # one more draw, from its own seed, so that the textbook numbers do not depend on `convention`
+                devices = [model.device] if model.device.type == "cuda" else []
+                with torch.random.fork_rng(devices=devices, device_type=model.device.type):
+                    torch.manual_seed(seed + 1 + b)
+                    second = model(**batch)
+            off["au2"].append(second.latent_output.posterior_mean_raw.flatten(1))
     model.train(was_training)
     log_px_all, tokens_all = torch.cat(log_px), torch.cat(tokens)
     result = {
@@ -371,6 +409,27 @@ def evaluate_text_vae(
             au_fraction=au_frac,
             latent_dims=int(mean_all.shape[1]),
         )
+    if official and off["log_px"]:
+        n = sum(len(t) for t in off["log_px"])
+        words = sum(off["words"])
+        m1, m2 = torch.cat(off["au1"]), torch.cat(off["au2"])
+        var = ((m2 - m1.mean(0, keepdim=True)) ** 2).sum(0) / max(1, n - 1)
+        au_count, au_prop = della_official_au_count(var, au_threshold)
+        nll = -float(torch.cat(off["gen"]).sum()) / n
+        kl_off = float(torch.cat(off["kl"]).sum()) / n
+        official_metrics = {
+            "ppl": math.exp(-float(torch.cat(off["log_px"]).sum()) / words),
+            "nll": nll,
+            "kl": kl_off,
+            "elbo": kl_off + nll,
+            "au": au_count,
+            "au_fraction": au_prop,
+            "latent_dims": int(m1.shape[1]),
+            "num_tokens": words,
+        }
+        if convention == "della_official":
+            return official_metrics
+        result.update({f"della_official_{k}": v for k, v in official_metrics.items()})
     return result
 
 
