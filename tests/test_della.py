@@ -473,3 +473,25 @@ def test_official_flags_one_by_one():
             out = m(ids, attention_mask=mask, labels=ids, latent_noise=torch.zeros(3, 3, 6))
         n_pad_labels = int((ids[:, 1:] == 1).sum())
         assert int(out.num_tokens.sum()) == ids[:, 1:].numel() - (n_pad_labels if flag else 0)
+
+
+def test_generate_from_inputs_embeds_equals_from_ids():
+    model, ids, mask, labels, noise = _contract_inputs()
+    z = model.sample_latents(2, latent_noise=noise[:2])
+    prompt = ids[1:3, :3]
+    kw = dict(latents=z, max_new_tokens=4, do_sample=False, pad_token_id=1, eos_token_id=None)
+    with torch.no_grad():
+        from_ids = model.generate(prompt, **kw)
+        from_embeds = model.generate(inputs_embeds=model.transformer.wte(prompt), **kw)
+    # with embeddings only the new tokens come back, as for GPT-2
+    assert torch.equal(from_embeds, from_ids[:, prompt.shape[1] :])
+
+
+def test_past_key_values_is_a_deprecated_alias_of_cache():
+    model, ids, mask, labels, noise = _contract_inputs()
+    with torch.no_grad():
+        first = model(ids[:, :4], latents=noise, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            nxt = model(ids[:, 4:5], latents=noise, past_key_values=first.cache, use_cache=True)
+        full = model(ids[:, :5], latents=noise)
+    torch.testing.assert_close(nxt.logits[:, -1], full.logits[:, 4])

@@ -28,6 +28,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, eager_attention_forward
 from transformers.pytorch_utils import Conv1D
 from transformers.utils import ModelOutput, can_return_tuple, logging
+from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from .configuration_della import DellaConfig
@@ -503,6 +504,7 @@ class DellaModel(DellaPreTrainedModel):
         )
 
     @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -785,6 +787,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         return labels.masked_fill(labels == pad, -100)
 
     @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -901,11 +904,13 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
             **fields,
         )
 
-    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, **kwargs):
+    def prepare_inputs_for_generation(self, input_ids, attention_mask=None, inputs_embeds=None, **kwargs):
         """As `GenerationMixin`'s, with position ids recomputed from the whole attention mask at every step:
         ``cumsum(mask) - 1``, padding at 1 (what GPT-2 did under transformers 4.x and the official DELLA generates
         with), so right-padded prompts (a conditional DELLA's sources) continue at the right positions."""
-        model_inputs = super().prepare_inputs_for_generation(input_ids, attention_mask=attention_mask, **kwargs)
+        model_inputs = super().prepare_inputs_for_generation(
+            input_ids, attention_mask=attention_mask, inputs_embeds=inputs_embeds, **kwargs
+        )
         if attention_mask is not None and attention_mask.dim() == 2 and "position_ids" in model_inputs:
             position_ids = attention_mask.long().cumsum(-1) - 1
             position_ids = position_ids.masked_fill(attention_mask == 0, 1)
@@ -925,6 +930,13 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         prior (for a conditional model, the prior given the prompt = source). Decoding uses the KV cache; beams and
         ``num_return_sequences`` expand the latents like any other model input.
         """
+        embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and embeds is not None:  # a prompt given as embeddings
+            if latents is None:
+                if self.config.conditional:
+                    raise ValueError("A conditional DELLA draws its latents from the source: pass `latents`.")
+                latents = self.sample_latents(embeds.shape[0], temperature=temperature_latent)
+            return super().generate(latents=latents, **kwargs)
         if input_ids is None:
             bos = self.generation_config.bos_token_id
             if bos is None:
