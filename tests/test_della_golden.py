@@ -522,3 +522,26 @@ def test_beta_schedule_original_in_the_trainer(tmp_path):
     assert len(seen) == len(spec["beta_per_optimizer_step"])
     for a, b in zip(seen, spec["beta_per_optimizer_step"]):
         assert abs(a - b) <= 1e-12
+
+
+def test_converter_reads_the_original_pt_files_and_layer_options(tmp_path):
+    """`model_epoch_N.pt` as the original's `save` writes it (a state dict), read with weights_only=True, and the
+    original's `--begin_layer 1 --end_layer 2` (inclusive) given on the command line."""
+    from hf_ext.models.della import convert_della_original_to_hf as conv
+
+    run = tmp_path / "run"
+    run.mkdir()
+    torch.save(load_file(str(FIX / "original_checkpoint" / "model.safetensors")), run / "model_epoch_3.pt")
+    for name in ("config.json", "train_opt.json", "special_tokens.json"):
+        (run / name).write_text((FIX / "original_checkpoint" / name).read_text())
+    argv = ["--input_dir", str(run), "--checkpoint", "model_epoch_3.pt", "--output_dir", str(tmp_path / "out")]
+    conv.main([*argv, "--begin_layer", "1", "--end_layer", "2"])
+    loaded = DellaForCausalLM.from_pretrained(tmp_path / "out").eval()
+    assert loaded.config.latent_layers == [1, 2]
+    ids, mask = inp("batch_a.input_ids"), inp("batch_a.attention_mask")
+    with torch.no_grad():
+        out = loaded(ids, attention_mask=mask, labels=ids, latent_noise=eps("eps_layers_1_2"))
+    close(out.logits, _expected("uncond")["layers_1_2.forward.logits"], "layers 1-2 logits after conversion")
+    (run / "other.pt").write_bytes((run / "model_epoch_3.pt").read_bytes())
+    with pytest.raises(ValueError, match="--checkpoint"):
+        conv.main(["--input_dir", str(run), "--output_dir", str(tmp_path / "x")])
