@@ -495,3 +495,16 @@ def test_past_key_values_is_a_deprecated_alias_of_cache():
             nxt = model(ids[:, 4:5], latents=noise, past_key_values=first.cache, use_cache=True)
         full = model(ids[:, :5], latents=noise)
     torch.testing.assert_close(nxt.logits[:, -1], full.logits[:, 4])
+
+
+def test_separate_condition_encoding_needs_a_source_prefix():
+    model = DellaForConditionalGeneration(tiny_config(condition_encoding="separate")).eval()
+    ids, mask, labels = batch()
+    src = torch.zeros_like(mask)
+    src[:, :3] = 1
+    with torch.no_grad():
+        model(ids, attention_mask=mask, labels=labels, source_mask=src)  # a prefix: fine
+    src[1] = 0
+    src[1, 2:4] = 1  # not a prefix
+    with pytest.raises(ValueError, match="prefix"):
+        model(ids, attention_mask=mask, labels=labels, source_mask=src)

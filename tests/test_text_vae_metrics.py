@@ -279,3 +279,25 @@ def test_evaluate_text_vae_della_official_convention_by_hand():
     assert official["au"] == int((var >= 0.001).sum()) and official["latent_dims"] == 8
     with pytest.raises(ValueError, match="convention"):
         evaluate_text_vae(model, loader, convention="paper")
+
+
+def test_text_vae_evaluate_module_della_official_rules():
+    import evaluate
+
+    path = Path(__file__).resolve().parents[1] / "hf_ext" / "metrics" / "text_vae.py"
+    metric = evaluate.load(str(path))
+    # unit 0: values 0, 1 -> unbiased variance exactly 0.5 (the threshold); unit 1: variance 0
+    common = dict(
+        log_weights=[[-3.0], [-5.0]],
+        num_tokens=[2, 3],
+        kl=[1.0, 2.0],
+        rec=[4.0, 6.0],
+        posterior_mean=[[0.0, 1.0], [1.0, 1.0]],
+        posterior_logvar=[[0.0, 0.0], [0.0, 0.0]],
+        au_threshold=0.5,
+    )
+    textbook = metric.compute(**common)
+    official = metric.compute(**common, convention="della_official")
+    assert (textbook["au"], official["au"]) == (0, 1)  # `>` vs `>=`
+    assert textbook["elbo"] == pytest.approx(-6.5) and official["elbo"] == pytest.approx(6.5)
+    assert official["ppl"] == pytest.approx(math.exp(8.0 / 5))

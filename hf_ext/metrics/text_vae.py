@@ -445,6 +445,10 @@ Args:
     rec (`list[float]`): reconstruction NLL per example.
     posterior_mean, posterior_logvar (`list[list[float]]`): flattened posterior parameters per example.
     au_threshold (`float`, *optional*, defaults to 0.2).
+    convention (`str`, *optional*, defaults to `"textbook"`): ``"della_official"`` counts a unit active when its
+        variance is ``>=`` the threshold and reports ``elbo`` as the official positive ``mean(rec + kl)``. The
+        log-weights and token counts are the caller's: for the official PPL pass weights with log-densities averaged
+        over layers and ``attention_mask`` counts (see `evaluate_text_vae(convention="della_official")`).
 Returns:
     ppl, nll, kl, elbo, mi, au, au_fraction.
 """
@@ -470,17 +474,33 @@ class TextVAEMetrics(evaluate.Metric):
             ),
         )
 
-    def _compute(self, log_weights, num_tokens, kl, rec, posterior_mean, posterior_logvar, au_threshold=0.2):
+    def _compute(
+        self,
+        log_weights,
+        num_tokens,
+        kl,
+        rec,
+        posterior_mean,
+        posterior_logvar,
+        au_threshold=0.2,
+        convention="textbook",
+    ):
+        if convention not in ("textbook", "della_official"):
+            raise ValueError(f"`convention` must be 'textbook' or 'della_official', got {convention!r}.")
         lw = torch.tensor(log_weights, dtype=torch.float64)
         log_px = torch.logsumexp(lw, dim=-1) - math.log(lw.shape[-1])
         kl_t, rec_t = torch.tensor(kl, dtype=torch.float64), torch.tensor(rec, dtype=torch.float64)
         mean = torch.tensor(posterior_mean, dtype=torch.float64)
-        au, frac = active_units(mean, au_threshold)
+        if convention == "della_official":
+            au, frac = della_official_au_count(mean.var(dim=0, unbiased=True), au_threshold)
+        else:
+            au, frac = active_units(mean, au_threshold)
+        elbo = (rec_t + kl_t).mean() if convention == "della_official" else -(rec_t + kl_t).mean()
         return {
             "ppl": iw_perplexity(log_px, torch.tensor(num_tokens)),
             "nll": float(-log_px.mean()),
             "kl": float(kl_t.mean()),
-            "elbo": float(-(rec_t + kl_t).mean()),
+            "elbo": float(elbo),
             "mi": gaussian_mutual_information(
                 mean, torch.tensor(posterior_logvar, dtype=torch.float64), generator=torch.Generator().manual_seed(0)
             ),

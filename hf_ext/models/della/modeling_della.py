@@ -596,6 +596,12 @@ def kl_loss_with_free_bits(
 def _right_pad_source(input_ids: torch.Tensor, source_mask: torch.Tensor, pad_id: int):
     """Cut each row's source (``source_mask`` = 1, a prefix) out of ``input_ids``, right-padded to the longest source."""
     lengths = source_mask.sum(-1)
+    prefix = torch.arange(source_mask.shape[1], device=input_ids.device).unsqueeze(0) < lengths.unsqueeze(1)
+    if not torch.equal(prefix, source_mask.bool()):
+        raise ValueError(
+            "condition_encoding='separate' reads the source as a prefix of `input_ids`, but `source_mask` is not a "
+            "prefix in some rows (left padding?). Right-pad the batch, or pass the source as `condition_ids`."
+        )
     width = int(lengths.max())
     positions = torch.arange(width, device=input_ids.device).unsqueeze(0)
     mask = (positions < lengths.unsqueeze(1)).long()
