@@ -545,3 +545,24 @@ def test_converter_reads_the_original_pt_files_and_layer_options(tmp_path):
     (run / "other.pt").write_bytes((run / "model_epoch_3.pt").read_bytes())
     with pytest.raises(ValueError, match="--checkpoint"):
         conv.main(["--input_dir", str(run), "--output_dir", str(tmp_path / "x")])
+
+
+@pytest.mark.parametrize(
+    "flag,hf_ext_value",
+    [
+        ("value_fusion", "residual"),
+        ("kl_reduction", "sum"),
+        ("pooling_mask_padding", True),
+        ("first_layer_prior", "standard"),
+        ("ignore_pad_token_in_loss", False),
+        # pooler_activation: 4e-5 relative on the loss, caught by test_pooler_probe_gelu_new
+    ],
+)
+def test_each_official_flag_is_needed(flag, hf_ext_value):
+    """Official mode with one flag set back to hf_ext's value no longer reproduces the original's loss."""
+    model = build(**{flag: hf_ext_value})
+    ids, mask = inp("batch_a.input_ids"), inp("batch_a.attention_mask")
+    with torch.no_grad():
+        loss = model(ids, attention_mask=mask, labels=ids, latent_noise=eps("eps_forward"), kl_weight=1.0).loss
+    expected = _expected("uncond")["forward.loss"][-1].item()
+    assert abs(loss.item() - expected) > TOL * max(1.0, abs(expected))
