@@ -3,9 +3,10 @@
 One GPT-2 backbone serves twice: a bidirectional encoder pass (no causal mask, no latents) gives each layer's token
 states, which are pooled into x^(l); a chain of per-layer latents z_l ~ q(z_l | z_<l, x^(l)) is drawn bottom-up
 (paper Eq. 7-8); a causal decoder pass fuses z_l into layer l's value vectors with a low-rank tensor product
-(Eq. 9, Liu et al. 2018 LMF). The prior p(z_l | z_<l) follows the same recurrent state. Differences from the official
-code (``OpenVLG/DELLA``) are flags in [`DellaConfig`] (KL reduction, pad-masked pooling, fused vs replaced V,
-first-layer prior).
+(Eq. 9, Liu et al. 2018 LMF). The prior p(z_l | z_<l) follows the same recurrent state. Every difference from the
+official code (``OpenVLG/DELLA``) is a flag of [`DellaConfig`]; [`DellaConfig.from_original_defaults`] sets them all
+("official mode", tested against fixtures made by running the original code), and
+``convert_della_original_to_hf`` maps the original's checkpoints.
 
 This module imports only torch, transformers and its own folder, so it also works as Hub remote code.
 """
