@@ -407,6 +407,11 @@ def test_return_dict_false_gives_the_outputs_tuple():
     loss, logits = as_tuple[:2]  # transformers' order: loss first, then logits
     assert torch.equal(loss, as_dict.loss) and torch.equal(logits, as_dict.logits)
     assert len(as_tuple) == len(as_dict.to_tuple())
+    model.config.return_dict = False  # the config-level switch too (the LM head still reads its backbone's fields)
+    with torch.no_grad():
+        from_config = model(ids, attention_mask=mask, labels=labels, latent_noise=noise)
+    model.config.return_dict = True
+    assert isinstance(from_config, tuple) and torch.equal(from_config[0], as_dict.loss)
     base = model.transformer(ids, attention_mask=mask, return_dict=False)
     assert isinstance(base, tuple) and torch.equal(base[0], model.transformer(ids, attention_mask=mask)[0])
 

@@ -858,6 +858,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
         hidden = out.last_hidden_state
