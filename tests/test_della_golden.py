@@ -83,8 +83,7 @@ def build(folder="original_checkpoint", **overrides):
     bow = load_file(str(FIX / folder / "bow_head.safetensors")) if cfg.bow_weight > 0 else None
     converted, _ = convert_della_state_dict(state, cfg, bow)
     model = DellaForCausalLM(cfg).eval()
-    missing, unexpected = model.load_state_dict(converted, strict=True), None
-    del missing, unexpected
+    model.load_state_dict(converted, strict=True)  # every parameter comes from the original checkpoint
     return model
 
 
