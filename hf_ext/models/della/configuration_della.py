@@ -119,7 +119,8 @@ class DellaConfig(GPT2Config):
             not start at layer 0: ``"latent_layers"`` uses the networks trained for those layers; ``"from_first"``
             reproduces the official ``get_prior``, which indexes them from 0 (``--begin_layer 1`` samples with the
             networks of layers 0, 1, ...; the model then holds latent networks for every layer, as the original's
-            checkpoints do).
+            checkpoints do, and those of layers below ``begin_layer`` get no gradient in training: multi-GPU
+            training needs ``ddp_find_unused_parameters=True``).
     """
 
     model_type = "della"
