@@ -38,19 +38,107 @@ def _prompt(processor, n_images, text="what is in the image ?"):
     return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
 
 
-def test_chat_template_matches_original_format(muffin):
+def test_chat_templates_literal_strings(muffin):
     _, processor = muffin
+    S = DEFAULT_SYSTEM_PROMPT
     msgs = [
         {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]},
         {"role": "assistant", "content": "a red square ."},
         {"role": "user", "content": "and ?"},
     ]
-    # Muffin's `_add_speaker_and_signal`: header + "### Role: value\n" per turn
-    expected = f"{DEFAULT_SYSTEM_PROMPT}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n### Human: and ?\n"
-    assert processor.apply_chat_template(msgs) == expected
-    assert processor.apply_chat_template(msgs, add_generation_prompt=True) == expected + "### Assistant:"
-    full = processor.apply_chat_template(msgs[:2])
-    assert full == f"{DEFAULT_SYSTEM_PROMPT}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n###"
+    # default = "muffin_original": v0 training format (`_add_speaker_and_signal`, trailing "### ") for conversations...
+    train = f"{S}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n### Human: and ?\n### "
+    assert processor.apply_chat_template(msgs) == train
+    assert processor.apply_chat_template(msgs, chat_template="muffin_original") == train
+    assert (
+        processor.apply_chat_template(msgs[:2])
+        == f"{S}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n### "
+    )
+    # ... and muffin_vqa's evaluation prompt for generation: image after the question, "\n###" at the end
+    assert processor.apply_chat_template(msgs[:1], add_generation_prompt=True) == f"{S}\n###Human: hi\n<image>\n###"
+    evaluation = f"{S}\n###Human: hi\n<image>\n###Assistant: a red square .\n###Human: and ?\n###"
+    assert processor.apply_chat_template(msgs, add_generation_prompt=True) == evaluation
+    assert processor.apply_chat_template(msgs, chat_template="muffin_eval") == evaluation
+    # "<image>" typed in the text moves after the question, as `expand_question_into_multimodal` does
+    typed = [{"role": "user", "content": "<image>\nhi"}]
+    assert processor.apply_chat_template(typed, add_generation_prompt=True) == f"{S}\n###Human: \nhi\n<image>\n###"
+    # "muffin_v0": the training format with a prefix-consistent generation prompt
+    v0_prompt = processor.apply_chat_template(msgs, chat_template="muffin_v0", add_generation_prompt=True)
+    assert v0_prompt == train[: -len("### ")] + "### Assistant:"
+    full = processor.apply_chat_template(msgs + [{"role": "assistant", "content": "red"}], chat_template="muffin_v0")
+    assert full == v0_prompt + " red\n### "
+    # a system message replaces the default system prompt
+    sys_msgs = [{"role": "system", "content": "Be brief."}, *msgs[:1]]
+    assert (
+        processor.apply_chat_template(sys_msgs, add_generation_prompt=True) == "Be brief.\n###Human: hi\n<image>\n###"
+    )
+    with pytest.raises(Exception, match="unsupported role tool"):
+        processor.apply_chat_template([{"role": "tool", "content": "x"}])
+
+
+def test_chat_template_selection_and_save(tmp_path):
+    from transformers import AutoProcessor
+
+    from hf_ext.models.muffin import MUFFIN_CHAT_TEMPLATES
+
+    _, processor = tiny_muffin(chat_template="muffin_v0")
+    assert processor.chat_template["default"] == MUFFIN_CHAT_TEMPLATES["muffin_v0"]
+    assert set(processor.chat_template) == {"default", "muffin_original", "muffin_v0", "muffin_eval"}
+    processor.save_pretrained(tmp_path)
+    reloaded = AutoProcessor.from_pretrained(tmp_path)
+    assert reloaded.chat_template == processor.chat_template
+    msgs = [{"role": "user", "content": "hi"}]
+    for name in (None, "muffin_eval"):
+        assert reloaded.apply_chat_template(msgs, chat_template=name, add_generation_prompt=True) == (
+            processor.apply_chat_template(msgs, chat_template=name, add_generation_prompt=True)
+        )
+    _, custom = tiny_muffin(chat_template="{{ messages[0]['content'] }}")
+    assert custom.apply_chat_template(msgs) == "hi"
+
+
+def test_encode_conversation_label_masking(muffin):
+    _, processor = muffin
+    tok = processor.tokenizer
+    conv = [
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "what ?"}]},
+        {"role": "assistant", "content": "a red square ."},
+        {"role": "user", "content": "and ?"},
+        {"role": "assistant", "content": "blue ."},
+    ]
+    img = _img(0)
+    default = processor.encode_conversation(conv, images=[img])
+    original = processor.encode_conversation(conv, images=[img], label_masking="original")
+    everything = processor.encode_conversation(conv, images=[img], label_masking="none")
+    ids = default["input_ids"][0]
+    assert torch.equal(ids, original["input_ids"][0]) and torch.equal(everything["labels"][0], ids)
+    assert default["pixel_values"].shape == (1, 3, 32, 32)
+    # Muffin's `_mask_targets` written out by hand: header, then each turn tokenized ALONE (with its own BOS), human
+    # turns masked from their 3rd token
+    block = processor.replace_image_token({}, 0)
+    header = DEFAULT_SYSTEM_PROMPT + "\n\n"
+    turns = [
+        f"### Human: {block}\nwhat ?\n",
+        "### Assistant: a red square .\n",
+        "### Human: and ?\n",
+        "### Assistant: blue .\n",
+    ]
+    lengths = [len(tok(t)["input_ids"]) for t in [header, *turns]]
+    # (this tokenizer adds no BOS, so nothing drifts here; the golden test covers the drift of a LLaMA-like one)
+    expected = ids.clone()
+    cur = lengths[0]
+    expected[:cur] = -100
+    for n, t in zip(lengths[1:], turns):
+        if t.startswith("### Human"):
+            expected[cur + 2 : cur + n] = -100
+        cur += n
+    assert torch.equal(original["labels"][0], expected)
+    # default: exactly the decoded assistant turns with their stop markers
+    kept = ids[default["labels"][0] != -100]
+    assert tok.decode(kept) == "### Assistant: a red square .\n###### Assistant: blue .\n###"
+    with pytest.raises(ValueError, match="label_masking must be one of"):
+        processor.encode_conversation(conv, images=[img], label_masking="human")
+    with pytest.raises(ValueError, match="v0 training layout"):
+        processor.encode_conversation(conv, images=[img], label_masking="original", chat_template="muffin_eval")
 
 
 def test_processor_expansion_and_pixels(muffin):

@@ -183,8 +183,13 @@ def build_model(config: StudyConfig, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     model = MuffinForConditionalGeneration(model_config)
     size = config.image_size
+    # "muffin_v0": Muffin's training format with a prompt that is a prefix of prompt + completion, as TRL's
+    # prompt-completion and preference datasets need (the model is trained here, so no released eval prompt applies)
     processor = MuffinProcessor(
-        image_processor=MuffinImageProcessor(size={"height": size, "width": size}), tokenizer=tokenizer, num_query=nq
+        image_processor=MuffinImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        num_query=nq,
+        chat_template="muffin_v0",
     )
     return model, processor
 

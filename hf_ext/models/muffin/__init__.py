@@ -15,7 +15,13 @@ from .modeling_muffin import (
     MuffinMultiModalProjector,
     MuffinPreTrainedModel,
 )
-from .processing_muffin import DEFAULT_SYSTEM_PROMPT, MUFFIN_CHAT_TEMPLATE, MuffinProcessor, add_muffin_image_tokens
+from .processing_muffin import (
+    DEFAULT_SYSTEM_PROMPT,
+    MUFFIN_CHAT_TEMPLATE,
+    MUFFIN_CHAT_TEMPLATES,
+    MuffinProcessor,
+    add_muffin_image_tokens,
+)
 from .testing_muffin import tiny_muffin, tiny_muffin_config, tiny_muffin_tokenizer
 
 register_model(
@@ -32,6 +38,7 @@ register_model(
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "MUFFIN_CHAT_TEMPLATE",
+    "MUFFIN_CHAT_TEMPLATES",
     "MuffinCausalLMOutputWithPast",
     "MuffinConfig",
     "MuffinForConditionalGeneration",
