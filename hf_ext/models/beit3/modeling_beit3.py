@@ -67,7 +67,8 @@ class Beit3Embeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         # Used only for masked image modelling (`bool_masked_pos`); Muffin/VisCPM checkpoints drop it.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # no padding_idx, as torchscale's TextEmbedding: padded positions are zeroed by the attention mask instead
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.vision_position_embeddings = nn.Embedding(
             config.num_patches + 1 + config.position_offset, config.hidden_size
         )

@@ -264,8 +264,6 @@ def _fill_tolerated(converted: dict[str, torch.Tensor], config) -> list[str]:
     gen = torch.Generator().manual_seed(0)
     if "model.vision_tower.embeddings.word_embeddings.weight" not in converted:
         w = torch.randn(v.vocab_size, v.hidden_size, generator=gen) * v.initializer_range
-        if v.pad_token_id is not None:
-            w[v.pad_token_id] = 0
         converted["model.vision_tower.embeddings.word_embeddings.weight"] = w.to(ref.dtype)
         filled.append("model.vision_tower.embeddings.word_embeddings.weight")
     if "model.vision_tower.embeddings.mask_token" not in converted:
