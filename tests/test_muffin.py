@@ -343,3 +343,64 @@ def test_other_llm_qwen2_with_tied_embeddings():
     enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
     kw = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
     assert torch.equal(model.generate(**enc, **kw), model.generate(**enc, use_cache=False, **kw))
+
+
+def test_get_image_features_return_dict_and_attentions(muffin):
+    """transformers' Llava contract: `return_dict=False` gives a tuple, attentions come back when asked."""
+    model, _ = muffin
+    px = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.get_image_features(pixel_values=px, output_attentions=True, output_hidden_states=True)
+        tup = model.get_image_features(pixel_values=px, return_dict=False)
+    assert isinstance(tup, tuple)
+    torch.testing.assert_close(tup[0], out.last_hidden_state)
+    torch.testing.assert_close(torch.stack(list(tup[1])), torch.stack(out.pooler_output))
+    n_tokens = 1 + (32 // 16) ** 2 + model.config.num_query
+    assert len(out.attentions) == model.config.vision_config.num_hidden_layers
+    assert out.attentions[0].shape == (2, model.config.vision_config.num_attention_heads, n_tokens, n_tokens)
+    torch.testing.assert_close(out.attentions[0].sum(-1), torch.ones(2, 4, n_tokens))
+    assert len(out.hidden_states) == model.config.vision_config.num_hidden_layers + 1
+    # and from the config, as the test mixins set it
+    model.set_attn_implementation("eager")
+    model.config.output_attentions = True
+    try:
+        with torch.no_grad():
+            assert len(model.get_image_features(pixel_values=px).attentions) == 2
+    finally:
+        model.config.output_attentions = False
+        model.set_attn_implementation("sdpa")
+
+
+def test_return_dict_false_from_config(muffin):
+    model, processor = muffin
+    enc = processor(images=[_img(0)], text=_prompt(processor, 1), return_tensors="pt")
+    with torch.no_grad():
+        ref = model(**enc).logits
+        out = model(**enc, return_dict=False)
+    assert isinstance(out, tuple)
+    torch.testing.assert_close(out[0], ref)
+
+
+def test_tensor_parallel_plan_as_llava():
+    """Muffin's TP plan is Llava's for the same LLM: lm_head column-parallel with gathered output, the LLM's own plan
+    under `model.language_model.` (BEiT-3, like Llava's CLIP tower, is not sharded)."""
+    from transformers import CLIPVisionConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    model, _ = tiny_muffin()
+    text = model.config.text_config.to_dict()
+    llava = LlavaForConditionalGeneration(
+        LlavaConfig(
+            vision_config=CLIPVisionConfig(
+                hidden_size=16,
+                intermediate_size=32,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                image_size=32,
+                patch_size=16,
+            ),
+            text_config=text,
+        )
+    )
+    llava_llm_plan = {k: v for k, v in llava.tp_plan.items() if not k.startswith("model.vision_tower")}
+    assert model.tp_plan == llava_llm_plan
+    assert model.tp_plan["lm_head"] == "colwise_gather_output" and model.supports_tp_plan
