@@ -98,8 +98,8 @@ def pair():
     models = {}
     for impl in ("sdpa", "eager"):
         model = Beit3Model(cfg).eval()
-        missing, unexpected = model.load_state_dict(state, strict=False), None
-        assert not missing.missing_keys and not missing.unexpected_keys
+        result = model.load_state_dict(state, strict=False)
+        assert not result.missing_keys and not result.unexpected_keys
         model.set_attn_implementation(impl)
         models[impl] = model
     return reference, models

@@ -404,3 +404,41 @@ def test_tensor_parallel_plan_as_llava():
     llava_llm_plan = {k: v for k, v in llava.tp_plan.items() if not k.startswith("model.vision_tower")}
     assert model.tp_plan == llava_llm_plan
     assert model.tp_plan["lm_head"] == "colwise_gather_output" and model.supports_tp_plan
+
+
+def test_extract_muffin_answer():
+    from hf_ext.models.muffin import extract_muffin_answer
+
+    # as muffin_chat.MuffinForSingleTurnChat.decode: cut at "###", then drop up to "Assistant:", strip
+    assert extract_muffin_answer(" Assistant: A red circle.\n### Human: next") == "A red circle."
+    assert extract_muffin_answer(" a cat .\n###") == "a cat ."
+    assert extract_muffin_answer("no stop marker ") == "no stop marker"
+    assert extract_muffin_answer("### Assistant: x") == ""
+
+
+def test_chat_example_uses_original_inference_prompt():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "examples" / "muffin" / "chat.py"
+    spec = importlib.util.spec_from_file_location("muffin_chat_example", path)
+    chat = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(chat)
+    answer = chat.main(["--tiny", "--max_new_tokens", "6", "--num_beams", "2", "--question", "what ?"])
+    # independent: the original evaluation prompt written out, beam search, the original's answer extraction
+    model, processor = tiny_muffin()
+    prompt = f"{DEFAULT_SYSTEM_PROMPT}\n###Human: what ?\n<image>\n###"
+    enc = processor(images=[Image.new("RGB", (64, 64), (220, 40, 40))], text=prompt, return_tensors="pt")
+    out = model.generate(
+        **enc,
+        max_new_tokens=6,
+        num_beams=2,
+        do_sample=False,
+        repetition_penalty=1.1,
+        stop_strings="###",
+        tokenizer=processor.tokenizer,
+    )
+    text = processor.tokenizer.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    text = text.split("###")[0]
+    text = text[text.index("Assistant:") + len("Assistant:") :] if "Assistant:" in text else text
+    assert answer == text.strip()

@@ -21,6 +21,7 @@ from .processing_muffin import (
     MUFFIN_CHAT_TEMPLATES,
     MuffinProcessor,
     add_muffin_image_tokens,
+    extract_muffin_answer,
 )
 from .testing_muffin import tiny_muffin, tiny_muffin_config, tiny_muffin_tokenizer
 
@@ -49,6 +50,7 @@ __all__ = [
     "MuffinPreTrainedModel",
     "MuffinProcessor",
     "add_muffin_image_tokens",
+    "extract_muffin_answer",
     "tiny_muffin",
     "tiny_muffin_config",
     "tiny_muffin_tokenizer",

@@ -137,6 +137,22 @@ def add_muffin_image_tokens(tokenizer) -> int:
     return added
 
 
+def extract_muffin_answer(text: str, stop: str = "###") -> str:
+    """The answer in a decoded Muffin continuation, as the original chat/eval code extracts it
+    (`MuffinForSingleTurnChat.decode`): cut at the first `"###"`, drop everything up to the first `"Assistant:"`
+    (the evaluation prompt ends with `"###"`, so the model first writes `" Assistant:"`), strip whitespace.
+
+    Args:
+        text (`str`): decoded new tokens (special tokens skipped).
+        stop (`str`, *optional*, defaults to `"###"`): the turn separator.
+    """
+    if stop in text:
+        text = text[: text.index(stop)]
+    if "Assistant:" in text:
+        text = text[text.index("Assistant:") + len("Assistant:") :]
+    return text.strip()
+
+
 def _content_text(content: Any) -> str:
     if isinstance(content, str):
         return content
@@ -329,4 +345,5 @@ __all__ = [
     "MUFFIN_CHAT_TEMPLATES",
     "MuffinProcessor",
     "add_muffin_image_tokens",
+    "extract_muffin_answer",
 ]
