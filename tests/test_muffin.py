@@ -442,3 +442,35 @@ def test_chat_example_uses_original_inference_prompt():
     text = text.split("###")[0]
     text = text[text.index("Assistant:") + len("Assistant:") :] if "Assistant:" in text else text
     assert answer == text.strip()
+
+
+def test_viscpm_layout_without_start_end_tokens():
+    """VisCPM-Chat's image segment is exactly `num_query` placeholder slots (no start/end markers): the processor
+    can emit that layout and the model splices the features into those slots."""
+    from hf_ext.models.muffin import MuffinImageProcessor
+
+    model, processor = tiny_muffin(model_type="viscpm_chat")
+    slots = MuffinProcessor(
+        image_processor=MuffinImageProcessor(size={"height": 32, "width": 32}),
+        tokenizer=processor.tokenizer,
+        num_query=model.config.num_query,
+        image_start_token=None,
+        image_end_token=None,
+    )
+    n = model.config.num_query
+    assert slots.image_seq_length == n and slots.replace_image_token({}, 0) == "<im_patch>" * n
+    text = "<image>what ?"
+    enc = slots(images=[_img(0)], text=text, return_tensors="pt")
+    ids = enc["input_ids"][0].tolist()
+    assert processor.image_start_token_id not in ids and processor.image_end_token_id not in ids
+    first = ids.index(model.config.image_token_id)
+    assert ids[first : first + n] == [model.config.image_token_id] * n and ids.count(model.config.image_token_id) == n
+    # the splice: the same features land in the slots as with the Muffin layout (compare the LLM inputs directly)
+    with torch.no_grad():
+        feats = torch.stack(model.get_image_features(pixel_values=enc["pixel_values"]).pooler_output)
+        embeds = model.get_input_embeddings()(enc["input_ids"])
+        mask = model.model.get_placeholder_mask(enc["input_ids"], embeds, feats)
+        spliced = embeds.masked_scatter(mask, feats)
+    torch.testing.assert_close(spliced[0, first : first + n], feats[0])
+    with torch.no_grad():
+        assert model(**enc).logits.shape[1] == len(ids)

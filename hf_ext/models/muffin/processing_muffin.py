@@ -182,7 +182,9 @@ class MuffinProcessor(ProcessorMixin):
         image_token (`str`, *optional*, defaults to `"<image>"`):
             Placeholder for an image in the text (never reaches the tokenizer).
         image_patch_token, image_start_token, image_end_token (`str`, *optional*):
-            The three image tokens of the LLM vocabulary.
+            The three image tokens of the LLM vocabulary. `image_start_token=None, image_end_token=None` gives an
+            image block of exactly `num_query` placeholders, VisCPM-Chat's layout (its 64-slot image segment has no
+            start/end markers).
     """
 
     def __init__(
@@ -193,8 +195,8 @@ class MuffinProcessor(ProcessorMixin):
         chat_template: str | dict[str, str] | None = None,
         image_token: str = "<image>",
         image_patch_token: str = "<im_patch>",
-        image_start_token: str = "<im_start>",
-        image_end_token: str = "<im_end>",
+        image_start_token: str | None = "<im_start>",
+        image_end_token: str | None = "<im_end>",
         **kwargs,
     ):
         if tokenizer is None:
@@ -202,32 +204,36 @@ class MuffinProcessor(ProcessorMixin):
         self.num_query = int(num_query)
         self.image_token = image_token
         self.image_patch_token = image_patch_token
-        self.image_start_token = image_start_token
-        self.image_end_token = image_end_token
+        self.image_start_token = image_start_token or None
+        self.image_end_token = image_end_token or None
         vocab = tokenizer.get_vocab()
-        missing = [t for t in (image_patch_token, image_start_token, image_end_token) if t not in vocab]
+        wanted = [t for t in (image_patch_token, self.image_start_token, self.image_end_token) if t is not None]
+        missing = [t for t in wanted if t not in vocab]
         if missing:
             raise ValueError(
                 f"The tokenizer has no {missing} token(s). Add them with "
                 "`hf_ext.models.muffin.add_muffin_image_tokens(tokenizer)` and resize the model's embeddings."
             )
         self.image_patch_token_id = vocab[image_patch_token]
-        self.image_start_token_id = vocab[image_start_token]
-        self.image_end_token_id = vocab[image_end_token]
+        self.image_start_token_id = vocab[self.image_start_token] if self.image_start_token else None
+        self.image_end_token_id = vocab[self.image_end_token] if self.image_end_token else None
         if chat_template is None:
             chat_template = {"default": MUFFIN_ORIGINAL_CHAT_TEMPLATE, **MUFFIN_CHAT_TEMPLATES}
         elif isinstance(chat_template, str) and chat_template in MUFFIN_CHAT_TEMPLATES:
             chat_template = {"default": MUFFIN_CHAT_TEMPLATES[chat_template], **MUFFIN_CHAT_TEMPLATES}
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
-        self.image_token_ids = [self.image_patch_token_id, self.image_start_token_id, self.image_end_token_id]
+        self.image_token_ids = [
+            t for t in (self.image_patch_token_id, self.image_start_token_id, self.image_end_token_id) if t is not None
+        ]
 
     @property
     def image_seq_length(self) -> int:
-        """Tokens one image occupies in the LLM sequence, `<im_start>` and `<im_end>` included."""
-        return self.num_query + 2
+        """Tokens one image occupies in the LLM sequence, `<im_start>` and `<im_end>` included (when used)."""
+        return self.num_query + (self.image_start_token is not None) + (self.image_end_token is not None)
 
     def replace_image_token(self, image_inputs: dict, image_idx: int, **kwargs) -> str:
-        return self.image_start_token + self.image_patch_token * self.num_query + self.image_end_token
+        start, end = self.image_start_token or "", self.image_end_token or ""
+        return start + self.image_patch_token * self.num_query + end
 
     def _get_num_multimodal_tokens(self, image_sizes=None, **kwargs):
         from transformers.processing_utils import MultiModalData
