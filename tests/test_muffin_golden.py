@@ -111,9 +111,9 @@ def test_image_processor(golden, converted):
     _, processor = converted
     ours = processor.image_processor(golden["images"], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(ours[0], golden["pixel_values"][0], atol=1e-6, rtol=0)
-    # image_1 (40x56): the same PIL bicubic resize; the installed Pillow rounds 770 of 3072 values one grey level
-    # (2/255 after normalisation) away from the Pillow the fixtures were made with. Recompute it here with PIL to
-    # show the processor *is* PIL's resize, and bound the version difference.
+    # image_1 (40x56): 770 of 3072 values are one grey level (2/255 after normalisation) off the fixture, and plain
+    # PIL resize with the installed Pillow gives exactly the processor's values (most likely a Pillow version
+    # difference). Recompute it here with PIL to show the processor *is* PIL's resize, and bound the difference.
     ref = (np.asarray(golden["images"][1].resize((32, 32), Image.BICUBIC), dtype=np.float32) / 255 - 0.5) / 0.5
     torch.testing.assert_close(ours[1], torch.from_numpy(ref.transpose(2, 0, 1)), atol=1e-6, rtol=0)
     assert (ours[1] - golden["pixel_values"][1]).abs().max() <= 2 / 255 + 1e-6

@@ -323,9 +323,7 @@ class MuffinProcessor(ProcessorMixin):
             role = "Human" if m["role"] == "user" else "Assistant"
             turns.append(f"### {role}: {_content_text(m['content'])}\n")
             speakers.append("human" if m["role"] == "user" else "gpt")
-        rendered = self.apply_chat_template(
-            messages if len(messages) == len(conversation) else conversation, chat_template=chat_template
-        )
+        rendered = self.apply_chat_template(list(conversation), chat_template=chat_template)
         if rendered != header + "".join(turns) + "### ":
             raise ValueError(
                 "label_masking='original' reproduces Muffin's v0 `_mask_targets` and needs the v0 training layout "
