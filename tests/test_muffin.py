@@ -67,6 +67,11 @@ def test_chat_templates_literal_strings(muffin):
     assert v0_prompt == train[: -len("### ")] + "### Assistant:"
     full = processor.apply_chat_template(msgs + [{"role": "assistant", "content": "red"}], chat_template="muffin_v0")
     assert full == v0_prompt + " red\n### "
+    # "hf_ext_v1": hf_ext's earlier format, "###" instead of the final "### "
+    v1 = processor.apply_chat_template(msgs[:2], chat_template="hf_ext_v1")
+    assert v1 == f"{S}\n\n### Human: <image>\nhi\n### Assistant: a red square .\n###"
+    v1_prompt = processor.apply_chat_template(msgs, chat_template="hf_ext_v1", add_generation_prompt=True)
+    assert v1_prompt == v0_prompt
     # a system message replaces the default system prompt
     sys_msgs = [{"role": "system", "content": "Be brief."}, *msgs[:1]]
     assert (
@@ -83,7 +88,7 @@ def test_chat_template_selection_and_save(tmp_path):
 
     _, processor = tiny_muffin(chat_template="muffin_v0")
     assert processor.chat_template["default"] == MUFFIN_CHAT_TEMPLATES["muffin_v0"]
-    assert set(processor.chat_template) == {"default", "muffin_original", "muffin_v0", "muffin_eval"}
+    assert set(processor.chat_template) == {"default", "muffin_original", "muffin_v0", "muffin_eval", "hf_ext_v1"}
     processor.save_pretrained(tmp_path)
     reloaded = AutoProcessor.from_pretrained(tmp_path)
     assert reloaded.chat_template == processor.chat_template

@@ -183,13 +183,14 @@ def build_model(config: StudyConfig, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     model = MuffinForConditionalGeneration(model_config)
     size = config.image_size
-    # "muffin_v0": Muffin's training format with a prompt that is a prefix of prompt + completion, as TRL's
-    # prompt-completion and preference datasets need (the model is trained here, so no released eval prompt applies)
+    # "hf_ext_v1": a prompt that is a prefix of prompt + completion, as TRL's prompt-completion and preference datasets
+    # need (the model is trained here, no released evaluation prompt applies); the format the study's published
+    # numbers were made with (Muffin's v0 training format ending with "###" instead of "### ")
     processor = MuffinProcessor(
         image_processor=MuffinImageProcessor(size={"height": size, "width": size}),
         tokenizer=tokenizer,
         num_query=nq,
-        chat_template="muffin_v0",
+        chat_template="hf_ext_v1",
     )
     return model, processor
 

@@ -18,6 +18,8 @@ Named chat templates (``processor.chat_template`` is a dict; pick one with
   ``" Assistant: ..."`` and stops at the next ``"###"``).
 * ``"muffin_v0"``: the v0 training format throughout; its generation prompt is ``"### Assistant:"``, so a prompt is a
   prefix of the prompt + completion rendering (what TRL's prompt-completion and preference datasets need).
+* ``"hf_ext_v1"``: hf_ext's earlier format (the v0 training format ending with ``"###"`` instead of ``"### "``,
+  generation prompt ``"### Assistant:"``), kept so that models trained with it keep their prompt.
 * ``"muffin_eval"``: the inference format throughout (earlier turns as ``"Human: ...\\n###Assistant: ...\\n###"``,
   the generalisation of the original's single-turn prompt; the original has no multi-turn inference prompt with an
   image: ``MuffinForMultiTurnChat.resume`` re-renders the history in the training format and drops the image).
@@ -112,10 +114,31 @@ MUFFIN_ORIGINAL_CHAT_TEMPLATE = (
 MUFFIN_V0_CHAT_TEMPLATE = _SYSTEM + _TRAIN_BODY + _TRAIN_GENERATION_PROMPT
 MUFFIN_EVAL_CHAT_TEMPLATE = _SYSTEM + _EVAL_BODY
 
+# hf_ext's earlier format: v0 without the trailing space of the final "### " ("###"), generation prompt
+# "### Assistant:"; only each assistant turn (and the final "###") in the generation blocks. Kept, unchanged, so that
+# models trained with it (the hallucination study and the demo, whose published numbers were made with it) reproduce.
+HF_EXT_V1_CHAT_TEMPLATE = (
+    _SYSTEM + "{{ system }}{{ '\\n\\n' }}"
+    "{%- for message in msgs -%}"
+    "{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+    "{%- else -%}{%- set ns = namespace(text='') -%}{%- for block in message['content'] -%}"
+    "{%- if block['type'] == 'image' -%}{%- set ns.text = ns.text + '<image>\\n' -%}"
+    "{%- elif block['type'] == 'text' -%}{%- set ns.text = ns.text + block['text'] -%}{%- endif -%}"
+    "{%- endfor -%}{%- set content = ns.text -%}{%- endif -%}"
+    "{%- if message['role'] == 'user' -%}{{ '### Human: ' + content + '\\n' }}"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "{%- generation -%}{{ '### Assistant: ' + content + '\\n' }}"
+    "{%- if loop.last and not add_generation_prompt -%}{{ '###' }}{%- endif -%}{%- endgeneration -%}"
+    "{%- else -%}{{ raise_exception('Muffin chat template: unsupported role ' + message['role']) }}{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}{{ '### Assistant:' }}{%- endif -%}"
+)
+
 MUFFIN_CHAT_TEMPLATES: dict[str, str] = {
     "muffin_original": MUFFIN_ORIGINAL_CHAT_TEMPLATE,
     "muffin_v0": MUFFIN_V0_CHAT_TEMPLATE,
     "muffin_eval": MUFFIN_EVAL_CHAT_TEMPLATE,
+    "hf_ext_v1": HF_EXT_V1_CHAT_TEMPLATE,
 }
 # Backwards-compatible name: the default template.
 MUFFIN_CHAT_TEMPLATE = MUFFIN_ORIGINAL_CHAT_TEMPLATE
@@ -177,7 +200,7 @@ class MuffinProcessor(ProcessorMixin):
             `<im_patch>` tokens per image; must equal the model's `config.num_query`.
         chat_template (`str` or `dict[str, str]`, *optional*):
             A Jinja template, a dict of named templates, or the name of a built-in template (`"muffin_original"`,
-            `"muffin_v0"`, `"muffin_eval"`, see the module docstring) to use as the default. Defaults to all
+            `"muffin_v0"`, `"muffin_eval"`, `"hf_ext_v1"`, see the module docstring) to use as the default. Defaults to all
             built-in templates with `"muffin_original"` (the original code's formats) as the default.
         image_token (`str`, *optional*, defaults to `"<image>"`):
             Placeholder for an image in the text (never reaches the tokenizer).
