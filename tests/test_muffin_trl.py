@@ -118,3 +118,22 @@ def test_dense_dpo_trainer_trains_muffin(tmp_path):
     assert logs["logps/rejected"] == pytest.approx(ref_rejected, rel=1e-4)
     assert logs["loss"] == pytest.approx(np.log(2), rel=1e-5)  # policy == reference at step 1: -log sigmoid(0)
     assert not torch.equal(model.model.query, before)
+
+
+def test_trl_dpo_with_per_row_template_on_the_default_processor(tmp_path):
+    """A processor with the original formats as default (converted checkpoints) trains with TRL when the rows name
+    the prefix-consistent `muffin_v0` template through TRL's `chat_template_kwargs` column."""
+    from trl import DPOConfig, DPOTrainer
+
+    model, processor = tiny_muffin()  # default template: muffin_original
+    _, v0 = tiny_muffin(chat_template="muffin_v0")
+    ref_chosen = _reference_logps(model, v0, CHOSEN)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=_args(DPOConfig, tmp_path),
+        train_dataset=_dataset(1, {"chat_template_kwargs": {"chat_template": "muffin_v0"}}),
+        processing_class=processor,
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["logps/chosen"] == pytest.approx(ref_chosen, rel=1e-4)
