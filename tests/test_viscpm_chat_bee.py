@@ -35,7 +35,7 @@ def converted(tmp_path_factory):
         [
             "--checkpoint", str(FIX / "original_checkpoint" / "viscpm_chat.safetensors"),
             "--vocab", str(FIX / "vocab.txt"), "--llm_config", str(FIX / "original_checkpoint" / "config.json"),
-            "--output_dir", str(out), "--vision_num_heads", "4", "--dtype", "float32",
+            "--output_dir", str(out), "--vision_num_attention_heads", "4", "--dtype", "float32",
         ]
     )  # fmt: skip
     return out

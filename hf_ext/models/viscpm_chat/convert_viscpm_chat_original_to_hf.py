@@ -41,9 +41,16 @@ logger = logging.get_logger(__name__)
 
 
 def convert_viscpm_chat_checkpoint(
-    checkpoint: str | Path, text_model: str | Path, output_dir: str | Path, image_size: int = 224
+    checkpoint: str | Path,
+    text_model: str | Path,
+    output_dir: str | Path,
+    image_size: int = 224,
+    vision_num_attention_heads: int | None = None,
 ) -> dict:
-    """Convert `checkpoint` (file or folder) + the transformers LLM at `text_model` into `output_dir`."""
+    """Convert `checkpoint` (file or folder) + the transformers LLM at `text_model` into `output_dir`.
+
+    `vision_num_attention_heads` (BEiT-3's head count, stored in no original file) is inferred for BEiT-3 Base/Large
+    (768 -> 12, 1024 -> 16, the released bridge is Large) and required for any other size."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from ..muffin.image_processing_muffin import MuffinImageProcessor
@@ -75,7 +82,7 @@ def convert_viscpm_chat_checkpoint(
         )
     vocab = tokenizer.get_vocab()
     config = VisCPMChatConfig(
-        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge)},
+        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge, vision_num_attention_heads)},
         text_config=text_config,
         num_query=bridge["model.query"].shape[0],
         projector_type="mlp2",
@@ -110,7 +117,7 @@ def convert_viscpm_chat_bee_checkpoint(
     llm_config: str | Path | dict,
     output_dir: str | Path,
     image_size: int = 224,
-    vision_num_heads: int | None = None,
+    vision_num_attention_heads: int | None = None,
     dtype: str = "float16",
     max_shard_size: str | int = "2GB",
 ) -> dict:
@@ -122,7 +129,8 @@ def convert_viscpm_chat_bee_checkpoint(
         llm_config (`str` or `dict`): CPM-Bee's original config (`cpm-bee-10b.json`).
         output_dir (`str`): output folder (config, CPM-Bee tokenizer, image processor, safetensors shards).
         image_size (`int`, *optional*, defaults to 224): BEiT-3 image size.
-        vision_num_heads (`int`, *optional*): BEiT-3 heads (not readable from weights; defaults to hidden // 64).
+        vision_num_attention_heads (`int`, *optional*): BEiT-3 heads (in no original file): inferred for BEiT-3
+            Base/Large (768 -> 12, 1024 -> 16), required for any other size.
         dtype (`str`, *optional*, defaults to `"float16"`): stored dtype.
         max_shard_size (`str`, *optional*, defaults to `"2GB"`): shard size.
     """
@@ -160,7 +168,7 @@ def convert_viscpm_chat_bee_checkpoint(
             f"The projector outputs {proj_out} features but CPM-Bee's dim_model is {text_config.hidden_size}."
         )
     config = VisCPMChatConfig(
-        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge, vision_num_heads)},
+        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge, vision_num_attention_heads)},
         text_config=text_config.to_dict(),
         num_query=bridge["model.query"].shape[0],
         projector_type="mlp2",
@@ -208,7 +216,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--llm_config", help="CPM-Bee original config json (cpm-bee-10b.json).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--image_size", type=int, default=224)
-    parser.add_argument("--vision_num_heads", type=int, default=None, help="BEiT-3 heads (default hidden // 64).")
+    parser.add_argument(
+        "--vision_num_attention_heads", type=int, default=None, help="BEiT-3 heads; inferred for BEiT-3 Base/Large."
+    )
     parser.add_argument("--dtype", default="float16", choices=["float16", "bfloat16", "float32"])
     parser.add_argument("--max_shard_size", default="2GB")
     args = parser.parse_args(argv)
@@ -221,11 +231,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> None:
     args = parse_args(argv)
     if args.text_model is not None:
-        convert_viscpm_chat_checkpoint(args.checkpoint, args.text_model, args.output_dir, args.image_size)
+        convert_viscpm_chat_checkpoint(
+            args.checkpoint, args.text_model, args.output_dir, args.image_size, args.vision_num_attention_heads
+        )
     else:
         convert_viscpm_chat_bee_checkpoint(
             args.checkpoint, args.vocab, args.llm_config, args.output_dir, args.image_size,
-            args.vision_num_heads, args.dtype, args.max_shard_size,
+            args.vision_num_attention_heads, args.dtype, args.max_shard_size,
         )  # fmt: skip
 
 
