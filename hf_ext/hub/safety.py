@@ -6,12 +6,17 @@ Every registered hf_ext model class gets a ``from_pretrained`` that
   refused with an error that says how to opt in (``use_safetensors=False``; transformers then reads it with
   ``torch.load(weights_only=True)``);
 * turns safetensors' terse header errors on a corrupted or truncated file into an error that names the
-  checkpoint and how to recover.
+  checkpoint and how to recover;
+* takes ``verify_weights=True`` (or ``HF_EXT_VERIFY_WEIGHTS=1``): the weight files are checked against their
+  sha256 first (see :mod:`hf_ext.hub.integrity`);
+
+and a ``save_pretrained`` that also writes the weights' sha256 manifest (``weights_manifest.json``).
 """
 
 from __future__ import annotations
 
 import functools
+import os
 
 __all__ = ["CorruptCheckpointError", "enable_safe_loading"]
 
@@ -29,6 +34,16 @@ def enable_safe_loading(cls: type) -> None:
 
     @functools.wraps(func)
     def from_pretrained(klass, pretrained_model_name_or_path, *args, **kwargs):
+        from .integrity import verification_requested, verify_weights
+
+        if verification_requested(kwargs):
+            verify_weights(
+                pretrained_model_name_or_path,
+                revision=kwargs.get("revision"),
+                token=kwargs.get("token"),
+                cache_dir=kwargs.get("cache_dir"),
+                subfolder=kwargs.get("subfolder", ""),
+            )
         opted_out = kwargs.get("use_safetensors") is False
         kwargs.setdefault("use_safetensors", True)
         try:
@@ -52,3 +67,16 @@ def enable_safe_loading(cls: type) -> None:
 
     from_pretrained._hf_ext_safe = True
     cls.from_pretrained = classmethod(from_pretrained)
+
+    save = cls.save_pretrained
+
+    @functools.wraps(save)
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        from .integrity import write_weights_manifest
+
+        result = save(self, save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):
+            write_weights_manifest(save_directory)
+        return result
+
+    cls.save_pretrained = save_pretrained
