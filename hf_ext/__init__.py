@@ -21,34 +21,58 @@ __version__ = "0.1.0"
 _SUBMODULES = ("benchmarks", "hub", "metrics", "models", "pipelines", "trainers", "utils")
 
 
+_registration_pending = False
+
+
 def _register_models() -> None:
     """Import :mod:`hf_ext.models`: each model package (and ELV's predictor) registers itself with the Auto classes.
 
     When ``hf_ext.models`` is already being imported (it imports transformers), that import registers everything."""
+    global _registration_pending
+    _registration_pending = False
+    _remove_hook()
     if f"{__name__}.models" not in sys.modules:
         importlib.import_module(f"{__name__}.models")
 
 
-class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    """Finds ``transformers`` with the normal finders and, once its module has executed, registers hf_ext's models."""
+def _hf_ext_module_initializing(exclude: str) -> bool:
+    for name, module in list(sys.modules.items()):
+        if name != exclude and (name == __name__ or name.startswith(__name__ + ".")):
+            if getattr(getattr(module, "__spec__", None), "_initializing", False):
+                return True
+    return False
 
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != "transformers":
-            return None
-        _remove_hook()
-        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
-        if spec is None or spec.loader is None:
-            return spec
-        self._loader = spec.loader
-        spec.loader = self
-        return spec
+
+class _WrappedLoader(importlib.abc.Loader):
+    def __init__(self, loader, name: str):
+        self._loader, self._name = loader, name
 
     def create_module(self, spec):
         return self._loader.create_module(spec)
 
     def exec_module(self, module) -> None:
+        global _registration_pending
         self._loader.exec_module(module)
-        _register_models()
+        if self._name == "transformers":
+            _registration_pending = True
+        # Register once transformers is loaded and no hf_ext module is half-initialised (an hf_ext module that imports
+        # transformers registers at the end of its own import, so model code can import it back).
+        if _registration_pending and not _hf_ext_module_initializing(exclude=self._name):
+            _register_models()
+
+
+class _RegisterAfterTransformersImport(importlib.abc.MetaPathFinder):
+    """Lets the normal finders find ``transformers`` and ``hf_ext.*`` modules and wraps their loaders so hf_ext's
+    models are registered right after transformers is imported (see the module docstring)."""
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname != "transformers" and not fullname.startswith(__name__ + "."):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(fullname, path)
+        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
+            return spec
+        spec.loader = _WrappedLoader(spec.loader, fullname)
+        return spec
 
 
 def _remove_hook() -> None:

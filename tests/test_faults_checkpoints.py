@@ -184,3 +184,37 @@ def test_hub_download_verified_against_the_lfs_sha256(local_hub, tmp_path):
     local_hub.corrupt_file(repo, "model.safetensors", bytes(bad))
     with pytest.raises(WeightsIntegrityError, match="force_download=True"):
         DellaForCausalLM.from_pretrained(repo, verify_weights=True, cache_dir=tmp_path / "cache")
+
+
+# ------------------------------------------------------------------------------------------------ config errors
+def test_missing_config_json_is_named(tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    from hf_ext.hub.safety import CheckpointConfigError
+
+    _model().save_pretrained(tmp_path / "m")
+    (tmp_path / "m" / "config.json").unlink()
+    for load in (AutoModelForCausalLM.from_pretrained, DellaForCausalLM.from_pretrained):
+        # was "Should have a `model_type` key" (Auto) or a default-size model and a size-mismatch report (class)
+        with pytest.raises(CheckpointConfigError, match="has no config.json"):
+            load(tmp_path / "m")
+
+
+def test_unknown_model_type_is_an_error_not_a_remote_code_prompt(tmp_path, monkeypatch):
+    import builtins
+
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    _model().save_pretrained(tmp_path / "m")
+    config_file = tmp_path / "m" / "config.json"
+    config = json.loads(config_file.read_text())
+    assert "auto_map" in config  # hf_ext ships its code, which is what made transformers prompt
+    config_file.write_text(json.dumps({**config, "model_type": "dellla"}))
+
+    def no_prompt(*args, **kwargs):
+        raise AssertionError("interactive prompt")
+
+    monkeypatch.setattr(builtins, "input", no_prompt)
+    for load in (AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained):
+        with pytest.raises(ValueError, match=r"model_type 'dellla' is registered neither.*Did you mean 'della'\?"):
+            load(tmp_path / "m")
