@@ -28,15 +28,7 @@ PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\b(?P<reason>.*?)-->")
 FENCE = re.compile(r"^```(?P<lang>[\w-]*)[^\n]*\n(?P<body>.*?)^```[ \t]*$", re.S | re.M)
 MAX_SKIPPED = 4
-SLOW_PAGES = {
-    "README.md",
-    "docs/care_jiuge.md",
-    "docs/dense_dpo.md",
-    "docs/elv.md",
-    "docs/muffin.md",
-    "docs/diffusion.md",
-    "docs/text_vae.md",
-}
+SLOW_PAGES = {"README.md", "docs/care_jiuge.md", "docs/elv.md"}  # each > 20 s on 2 shared cores
 
 
 def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
