@@ -322,6 +322,23 @@ class LocalParquetBuilder(datasets.GeneratorBasedBuilder):
             yield batch
 
 
+_REPORT_FILE = "hf_ext_bad_rows.json"
+
+
+def _keep_report_with_cache(builder: LocalParquetBuilder) -> None:
+    """Store the bad-row report next to the Arrow cache when the files were converted, and read it back when the
+    cache was reused (nothing was re-read), so a cached load reports the same skipped rows."""
+    from hf_ext.utils.io import atomic_write
+
+    path = Path(builder.cache_dir) / _REPORT_FILE
+    if builder.report.rows:
+        with atomic_write(path, "w") as f:
+            json.dump([vars(r) for r in builder.report.rows], f, default=str)
+    elif path.is_file():
+        builder.report.rows = [BadRow(**r) for r in json.loads(path.read_text())]
+        builder.report.log(builder.DISPLAY_NAME)
+
+
 def load_local_parquet(
     builder_cls: type[LocalParquetBuilder],
     data_files: str | os.PathLike | Sequence[str | os.PathLike],
@@ -353,6 +370,7 @@ def load_local_parquet(
             **config_kwargs,
         )
         prepare_builder(builder)
+        _keep_report_with_cache(builder)
         raise_if_empty(builder, builder_cls.DISPLAY_NAME, files, [builder.report])
     except BaseException:
         if tmp is not None:

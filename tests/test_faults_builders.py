@@ -151,3 +151,16 @@ def test_unimm_chat_shares_the_file_checks(tmp_path):
     path.write_bytes(b"")
     with pytest.raises(ValueError, match=rf"{path}: cannot be read as a parquet file"):
         load_unimm_chat(path)
+
+
+def test_cached_load_reports_the_same_skipped_rows(tmp_path):
+    rows = make_rlhf_v_rows(3)
+    rows[1] = dict(rows[1], text="not json")
+    path = write_rlhf_v_parquet(tmp_path / "a.parquet", rows=rows)
+    first, report = load_rlhf_v(path, on_bad_row="skip", cache_dir=tmp_path / "c", return_report=True)
+    assert len(list((tmp_path / "c").rglob("hf_ext_bad_rows.json"))) == 1  # kept with the cache
+    again, cached = load_rlhf_v(path, on_bad_row="skip", cache_dir=tmp_path / "c", return_report=True)
+    assert first["idx"] == again["idx"] == [0, 2]
+    assert [str(r) for r in cached.rows] == [str(r) for r in report.rows] == [
+        "a.parquet: row 1 (idx=1): `text` is not valid JSON (Expecting value: line 1 column 1 (char 0))"
+    ]
