@@ -161,6 +161,8 @@ def test_cached_load_reports_the_same_skipped_rows(tmp_path):
     assert len(list((tmp_path / "c").rglob("hf_ext_bad_rows.json"))) == 1  # kept with the cache
     again, cached = load_rlhf_v(path, on_bad_row="skip", cache_dir=tmp_path / "c", return_report=True)
     assert first["idx"] == again["idx"] == [0, 2]
-    assert [str(r) for r in cached.rows] == [str(r) for r in report.rows] == [
-        "a.parquet: row 1 (idx=1): `text` is not valid JSON (Expecting value: line 1 column 1 (char 0))"
-    ]
+    assert (
+        [str(r) for r in cached.rows]
+        == [str(r) for r in report.rows]
+        == ["a.parquet: row 1 (idx=1): `text` is not valid JSON (Expecting value: line 1 column 1 (char 0))"]
+    )

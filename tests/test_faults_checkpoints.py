@@ -218,3 +218,40 @@ def test_unknown_model_type_is_an_error_not_a_remote_code_prompt(tmp_path, monke
     for load in (AutoModelForCausalLM.from_pretrained, AutoConfig.from_pretrained):
         with pytest.raises(ValueError, match=r"model_type 'dellla' is registered neither.*Did you mean 'della'\?"):
             load(tmp_path / "m")
+
+
+DDP_RUN = """
+import json, os, sys
+import torch
+torch.set_num_threads(1)
+sys.path.insert(0, {tests!r})
+from test_faults_checkpoints import _args, _data, _model
+from hf_ext.trainers.text_vae import TextVAETrainer
+
+out = sys.argv[1]
+trainer = TextVAETrainer(model=_model(), args=_args(out, max_steps=2, per_device_train_batch_size=2), train_dataset=_data())
+trainer.train(resume_from_checkpoint=sys.argv[2] == "resume")
+print(json.dumps({{"rank": trainer.accelerator.process_index, "step": trainer.state.global_step}}))
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.distributed
+def test_atomic_checkpoints_with_two_processes(tmp_path):
+    """Two CPU ranks (torchrun): every rank reaches the barriers, rank 0 renames, and a resume works."""
+    script = tmp_path / "ddp_ckpt.py"
+    script.write_text(DDP_RUN.format(tests=str(ROOT / "tests")))
+    torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1"}
+    out = tmp_path / "run"
+    for mode in ("fresh", "resume"):
+        proc = subprocess.run(
+            [torchrun, "--standalone", "--nproc_per_node", "2", str(script), str(out), mode],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=900,
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert {p.name for p in out.iterdir() if "checkpoint" in p.name} == {"checkpoint-1", "checkpoint-2"}
+        assert all((out / c / "trainer_state.json").is_file() for c in ("checkpoint-1", "checkpoint-2"))

@@ -28,7 +28,13 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CheckpointConfigError", "CorruptCheckpointError", "check_local_config", "enable_clear_config_errors", "enable_safe_loading"]
+__all__ = [
+    "CheckpointConfigError",
+    "CorruptCheckpointError",
+    "check_local_config",
+    "enable_clear_config_errors",
+    "enable_safe_loading",
+]
 
 
 class CorruptCheckpointError(OSError):
