@@ -143,12 +143,12 @@ def test_block_extraction():
     assert python_blocks(text) == [(3, "x = 1\n", None), (7, "cuda()\n", "needs a GPU")]
 
 
-@pytest.mark.parametrize("page", _page_params())
-def test_doc_page_runs(page, tmp_path, monkeypatch, local_hub):
-    text = (ROOT / page).read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", _page_params())  # not "page": pytest-playwright owns that fixture name
+def test_doc_page_runs(doc, tmp_path, monkeypatch, local_hub):
+    text = (ROOT / doc).read_text(encoding="utf-8")
     blocks = python_blocks(text)
     if not blocks:
-        pytest.skip(f"{page} has no python block")
+        pytest.skip(f"{doc} has no python block")
     monkeypatch.chdir(tmp_path)
     monkeypatch.syspath_prepend(str(ROOT / "tests"))
     for placeholder, make in STAND_INS.items():
@@ -162,6 +162,6 @@ def test_doc_page_runs(page, tmp_path, monkeypatch, local_hub):
         if reason is not None:
             continue
         try:
-            exec(compile(code, f"{page}:{line}", "exec"), namespace)
+            exec(compile(code, f"{doc}:{line}", "exec"), namespace)
         except Exception as e:
-            raise AssertionError(f"the python block at {page}:{line} fails: {type(e).__name__}: {e}") from e
+            raise AssertionError(f"the python block at {doc}:{line} fails: {type(e).__name__}: {e}") from e
