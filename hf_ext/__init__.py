@@ -44,8 +44,14 @@ def _hf_ext_module_initializing(exclude: str) -> bool:
 
 
 class _WrappedLoader(importlib.abc.Loader):
+    """The module's own loader (everything delegated: ``get_code`` for ``python -m``, resources, ...) plus a step
+    after ``exec_module``."""
+
     def __init__(self, loader, name: str):
         self._loader, self._name = loader, name
+
+    def __getattr__(self, attr: str):
+        return getattr(self._loader, attr)
 
     def create_module(self, spec):
         return self._loader.create_module(spec)

@@ -49,6 +49,14 @@ def test_help_imports_neither_torch_nor_transformers():
     assert proc.stdout.strip().splitlines()[-1] == "[]"
 
 
+def test_python_dash_m_help():
+    proc = subprocess.run(
+        [sys.executable, "-m", "hf_ext.cli", "--help"], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "dense-dpo" in proc.stdout
+
+
 def test_models_register_when_transformers_is_imported_after_hf_ext():
     proc = _python(
         """
