@@ -109,3 +109,26 @@ def test_cli_unknown_key_in_config_file(tmp_path, capsys):
     with pytest.raises(SystemExit):
         cli.run(["dense-dpo", "--config", str(config), "--output_dir", str(tmp_path)])
     assert f"lerning_rate (in {config})" in capsys.readouterr().err
+
+
+def test_cli_quick_start_runs_on_a_cpu_as_written(tmp_path, monkeypatch):
+    """The `hf-ext dense-dpo` command of docs/dense_dpo.md, verbatim (no --use_cpu / --bf16 false), on stand-ins for
+    its model folder and parquet file."""
+    import re
+    import shlex
+
+    from test_docs import _rlhf_v_parquet, _tiny_muffin_dir
+
+    text = (ROOT / "docs" / "dense_dpo.md").read_text(encoding="utf-8")
+    command = re.search(r"^hf-ext dense-dpo .*?(?<!\\)\n", text, re.S | re.M).group(0).replace("\\\n", " ")
+    argv = shlex.split(command)
+    assert "--use_cpu" not in argv and "--bf16" not in argv
+    monkeypatch.chdir(tmp_path)
+    _tiny_muffin_dir(tmp_path / "my-vlm")
+    _rlhf_v_parquet(tmp_path / "RLHF-V-Dataset.parquet")
+    trainer = cli.run(argv[1:])
+    import torch
+
+    assert trainer.state.global_step > 0
+    assert trainer.args.bf16 is (torch.cuda.is_available() and torch.cuda.is_bf16_supported())
+    assert (tmp_path / "out" / "adapter_model.safetensors").is_file()
