@@ -6,7 +6,14 @@ from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-__all__ = ["DenseDPOConfig"]
+__all__ = ["DenseDPOConfig", "bf16_available"]
+
+
+def bf16_available(use_cpu: bool = False) -> bool:
+    """Whether ``TrainingArguments(bf16=True)`` is accepted here: a bf16-capable GPU (or XLA device) that is used."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return not use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
 
 
 @dataclass
@@ -19,6 +26,8 @@ class DenseDPOConfig(DPOConfig):
     sequence is scored by `Σ_t w_t·log p_t` (official code, `dense_normalize=False`) or by `Σ_t w_t·log p_t / Σ_t w_t`
     (paper Eq. 5, `dense_normalize=True`); the same weights apply to the policy and the reference. The DPO loss then
     uses these scores unchanged.
+
+    Unlike TRL, `bf16` left unset defaults to `True` only where a bf16-capable accelerator is used (fp32 on a CPU).
 
     Parameters:
         > Parameters that control the token weights
@@ -82,6 +91,10 @@ class DenseDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # TRL defaults to bf16, which TrainingArguments rejects without a bf16-capable accelerator: train in fp32
+            # there so quick starts run on a CPU as written.
+            self.bf16 = bf16_available(self.use_cpu)
         super().__post_init__()
         if not self.dense_gamma > 0:
             raise ValueError(f"`dense_gamma` must be > 0, got {self.dense_gamma}.")
