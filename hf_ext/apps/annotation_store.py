@@ -416,11 +416,11 @@ def agreement_statistics(records: list[dict]) -> dict[str, Any]:
     pairs = agree = 0
     f1s, exact = [], []
     labels_a, labels_b = [], []
-    for annotations in by_item.values():
-        names = sorted(annotations)
+    for item_annotations in by_item.values():
+        names = sorted(item_annotations)
         for i in range(len(names)):
             for j in range(i + 1, len(names)):
-                a, b = annotations[names[i]], annotations[names[j]]
+                a, b = item_annotations[names[i]], item_annotations[names[j]]
                 la, lb = a["status"] == "corrected", b["status"] == "corrected"
                 pairs += 1
                 agree += la == lb
