@@ -274,7 +274,9 @@ def build_annotation_app(
             with gr.Column(scale=3):
                 question = gr.Textbox(label="Question", interactive=False, elem_id="question")
                 answer = gr.Textbox(label="Model answer (rejected)", interactive=False, lines=3, elem_id="answer")
-                current = gr.Textbox(label="Current answer (select a span)", lines=3, elem_id="current")
+                current = gr.Textbox(
+                    label="Current answer (select a span)", lines=3, elem_id="current", interactive=True
+                )
                 with gr.Row():
                     span_start = gr.Number(label="Span start", precision=0, elem_id="span_start", minimum=0)
                     span_end = gr.Number(label="Span end", precision=0, elem_id="span_end", minimum=0)
