@@ -106,3 +106,14 @@ def record_values(page, selector: str) -> None:
           if (t && window.seen.at(-1) !== t.value) window.seen.push(t.value); requestAnimationFrame(poll); })(); }""",
         selector,
     )
+
+
+def watch_stream_messages(page) -> None:
+    """Before ``goto``: count the streamed updates the page *receives* (``window.generating``, one per server-side
+    yield). Rendering may coalesce several updates into one frame on a busy machine, so this, not the DOM, proves that
+    the server streamed to the browser."""
+    page.add_init_script(
+        """(() => { const parse = JSON.parse; window.generating = 0;
+          JSON.parse = function (text, reviver) { const value = parse.call(this, text, reviver);
+            if (value && value.msg === "process_generating") window.generating += 1; return value; }; })();"""
+    )

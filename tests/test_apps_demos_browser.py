@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from _browser import artifacts_dir, browser_test, watch_console
+from _browser import artifacts_dir, browser_test, watch_console, watch_stream_messages
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
@@ -71,6 +71,7 @@ def test_chat_app(page, tmp_path, serve):
     *_, (want, n_tokens) = stream_generate(model, processor, messages, [Image.open(picture).convert("RGB")])
 
     errors = watch_console(page)
+    watch_stream_messages(page)
     page.goto(serve(load_app("chat", str(model_dir))))
     page.fill("#message textarea", question)
     page.click("#send")
@@ -83,8 +84,10 @@ def test_chat_app(page, tmp_path, serve):
     expect(page.locator("#status")).to_have_text(f"done ({n_tokens} tokens)", timeout=60_000)
     bot = page.locator("#chatbot .message.bot").last
     expect(bot).to_contain_text(want.strip())
+    # streamed: an update per token reached the page; the token counts it showed only went up
+    assert page.evaluate("window.generating") >= n_tokens
     counts = [int(m.group(1)) for t in page.evaluate("window.texts") if (m := re.search(r"generating… (\d+)", t))]
-    assert len(counts) >= 2 and counts == sorted(counts), counts  # streamed: the token count went up
+    assert counts == sorted(counts), counts
     page.screenshot(path=artifacts_dir(tmp_path) / "app_chat.png", full_page=True)
     assert errors == [], errors
 
