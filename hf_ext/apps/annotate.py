@@ -113,13 +113,14 @@ def build_annotation_app(
         path = str(store.image_path(item))
         answer = store.cached_answer(item)
         if answer is None:
-            yield session, status_line(session, "generating…"), path, question, "", "", [], 0, 0, "", ""
+            base = status_line(session)  # read the journals once, not once per token
+            yield session, f"{base} · generating…", path, question, "", "", [], 0, 0, "", ""
             answer, count = "", 0
             try:
                 for answer, count in answer_fn(image, question):
                     yield (
                         session,
-                        status_line(session, f"generating… {count} tokens"),
+                        f"{base} · generating… {count} tokens",
                         path,
                         question,
                         answer,

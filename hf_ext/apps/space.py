@@ -87,7 +87,8 @@ def export_space(
     model_ref = Path(model).name if local else model
     description = APPS[app]
     with atomic_write(out / "app.py", "w") as f:
-        f.write(APP_TEMPLATE.format(app=app, model=model_ref if not local else str(model), description=description))
+        source = str(Path(model).resolve()) if local else model
+        f.write(APP_TEMPLATE.format(app=app, model=source, description=description))
     with atomic_write(out / "requirements.txt", "w") as f:
         f.write(f"{requirement}\ngradio=={gradio.__version__}\n")
     title = f"hf_ext {app}: {model_ref}"
