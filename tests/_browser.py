@@ -117,3 +117,11 @@ def watch_stream_messages(page) -> None:
           JSON.parse = function (text, reviver) { const value = parse.call(this, text, reviver);
             if (value && value.msg === "process_generating") window.generating += 1; return value; }; })();"""
     )
+
+
+def slow_machine_timeouts(context) -> None:
+    """CI machines are shared: wait up to 60 s for actions and 30 s for ``expect`` (Playwright's defaults: 30 s, 5 s)."""
+    from playwright.sync_api import expect
+
+    context.set_default_timeout(60_000)
+    expect.set_options(timeout=30_000)

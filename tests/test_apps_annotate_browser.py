@@ -6,7 +6,15 @@ import json
 import math
 
 import pytest
-from _browser import AppProcess, artifacts_dir, browser_test, record_values, watch_console, watch_stream_messages
+from _browser import (
+    AppProcess,
+    artifacts_dir,
+    browser_test,
+    record_values,
+    slow_machine_timeouts,
+    watch_console,
+    watch_stream_messages,
+)
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
@@ -27,6 +35,7 @@ def context(context):
 
     # nothing leaves the machine: off-machine requests fail at once instead of hanging
     context.route(re.compile(r"^https?://(?!(127\.0\.0\.1|localhost)[:/])"), lambda r: r.abort())
+    slow_machine_timeouts(context)
     return context
 
 

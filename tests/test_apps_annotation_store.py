@@ -159,12 +159,11 @@ def _worker(args):
     return mine
 
 
-@pytest.mark.slow  # three spawned processes, each importing transformers
-def test_several_annotator_processes_never_share_an_item(tmp_path):
+def test_several_annotator_processes_never_share_an_item(tmp_path):  # three processes racing for claims
     images = _images(tmp_path / "img", 12)
     out = tmp_path / "pairs.parquet"
     AnnotationStore(images, out)  # create the queue once
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
+    with multiprocessing.get_context("fork").Pool(3) as pool:
         results = pool.map(_worker, [(images, out, name, None) for name in ("ann1", "ann2", "ann3")])
     done = [item for r in results for item in r]
     assert sorted(done) == [f"{i:02d}.png" for i in range(12)]  # every item exactly once

@@ -6,7 +6,7 @@ import re
 
 import pytest
 import torch
-from _browser import artifacts_dir, browser_test, watch_console, watch_stream_messages
+from _browser import artifacts_dir, browser_test, slow_machine_timeouts, watch_console, watch_stream_messages
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
@@ -22,6 +22,7 @@ def browser_type_launch_args(browser_type_launch_args):
 @pytest.fixture
 def context(context):
     context.route(re.compile(r"^https?://(?!(127\.0\.0\.1|localhost)[:/])"), lambda r: r.abort())
+    slow_machine_timeouts(context)
     return context
 
 
