@@ -128,13 +128,14 @@ def test_poetry_app(page, tmp_path, serve):
     assert errors == [], errors
 
 
-def test_paint_app(page, tmp_path, serve):
+@pytest.mark.parametrize("kind", ["viscpm_paint", "iap"])
+def test_paint_app(page, tmp_path, serve, kind):
     from playwright.sync_api import expect
 
     from hf_ext.apps.demos import _load_pipeline, load_app
     from hf_ext.apps.testing import save_tiny_paint
 
-    model_dir = save_tiny_paint(tmp_path / "paint")
+    model_dir = save_tiny_paint(tmp_path / kind, kind)
     pipe = _load_pipeline(str(model_dir))
     want = pipe(
         "a red cat",
@@ -162,7 +163,7 @@ def test_paint_app(page, tmp_path, serve):
     assert got.size == want.size
     assert list(got.getdata()) == list(want.convert("RGB").getdata())  # the pipeline's own image (PNG, lossless)
     assert page.evaluate("window.progress")  # a progress indicator was shown while denoising
-    page.screenshot(path=artifacts_dir(tmp_path) / "app_paint.png", full_page=True)
+    page.screenshot(path=artifacts_dir(tmp_path) / f"app_paint_{kind}.png", full_page=True)
     assert errors == [], errors
 
 
