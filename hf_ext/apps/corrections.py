@@ -14,8 +14,9 @@ explicit character spans that ``DenseDPOTrainer`` weights with γ come out exact
     ([[10, 15], [20, 27]], [[10, 13], [18, 25]])
 
 Spans are ``[start, end]`` with ``end`` exclusive, the form ``load_rlhf_v(..., with_segments=True)`` returns. A pure
-insertion marks chosen characters only, a pure deletion rejected characters only. Edits that touch or overlap an
-earlier correction merge with it into one segment.
+insertion marks chosen characters only, a pure deletion rejected characters only. Written characters that end up
+next to each other form one chosen segment, removed original characters next to each other one rejected segment
+(so edits that touch or overlap merge); everything typed counts as corrected, even a character retyped unchanged.
 """
 
 from __future__ import annotations
