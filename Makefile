@@ -1,5 +1,5 @@
 # Every target that needs Python creates .venv on first use and installs everything into it:
-# torch==2.13.0 first (the CPU build), then hf_ext with its `dev` extra.
+# torch==2.13.0 first (the CPU build), then hf_ext with its `dev` and `apps` extras.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_ext_installed
@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,apps]"
 	$(PY) -m pip install --quiet --no-deps "torchscale>=0.2.0,<0.3"
 	touch $(STAMP)
 

@@ -178,6 +178,11 @@ def dense_dpo_main(argv: Sequence[str] | None = None):
 
 
 register_subcommand("dense-dpo", "RLHF-V dense (token-weighted) DPO with DenseDPOTrainer", dense_dpo_main)
+# Gradio apps (the `apps` extra), imported only when run
+register_subcommand(
+    "annotate", "Correct a VLM's answers segment by segment into RLHF-V data", "hf_ext.apps.annotate:annotate_main"
+)
+register_subcommand("app", "Demo apps: chat | paint | poetry | vae (and --export_space)", "hf_ext.apps.demos:app_main")
 
 
 # ----------------------------------------------------------------------------- entry point
