@@ -1,0 +1,31 @@
+"""transformers' own ModelTesterMixin / ConfigTester / PipelineTesterMixin and the generation checks on Muffin.
+
+The tester supplies images with their `<im_patch>` tokens, so eager-vs-SDPA, generation and save/load equivalence run
+on the whole vision-language path. `get_image_features` and the tensor-parallel plan are fixed on the Muffin branch;
+see docs/conformance.md for what fails before it is merged.
+"""
+
+import unittest
+
+from _multimodal import MuffinModelTester
+from tests.generation.test_utils import GenerationTesterMixin
+from tests.test_configuration_common import ConfigTester
+from tests.test_modeling_common import ModelTesterMixin
+from tests.test_pipeline_mixin import PipelineTesterMixin
+
+from hf_ext.models.muffin import MuffinConfig, MuffinForConditionalGeneration, MuffinModel
+
+
+class MuffinModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase):
+    all_model_classes = (MuffinModel, MuffinForConditionalGeneration)
+    pipeline_model_mapping = {"image-text-to-text": MuffinForConditionalGeneration}
+    _is_composite = True
+    # the prompt's image tokens are replaced by image features inside: generation needs the token ids
+    generate_from_inputs_embeds = False
+
+    def setUp(self):
+        self.model_tester = MuffinModelTester(self, MuffinConfig, "linear")
+        self.config_tester = ConfigTester(self, config_class=MuffinConfig, has_text_modality=False)
+
+    def test_config(self):
+        self.config_tester.run_common_tests()
