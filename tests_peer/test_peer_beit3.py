@@ -25,6 +25,9 @@ class Beit3ModelTester:
         self.vocab_size = config.vocab_size
         # the sequence the layers see: CLS + patches, then the text
         self.seq_length = 1 + (config.image_size // config.patch_size) ** 2 + seq_length
+        # masked image modelling (`bool_masked_pos`): one masked patch out of num_patches
+        self.num_masks = 1
+        self.mask_length = (config.image_size // config.patch_size) ** 2
 
     def get_config(self):
         return tiny_beit3_config()
@@ -42,11 +45,12 @@ class Beit3ModelTester:
 class Beit3ModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase):
     all_model_classes = (Beit3Model,)
     pipeline_model_mapping = {}
-    test_resize_embeddings = False  # the language experts' vocabulary is fixed by the checkpoint (see the docs)
+    # the text goes with the image (the attention mask covers the text part)
+    additional_model_inputs = ["input_ids"]
 
     def setUp(self):
         self.model_tester = Beit3ModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=Beit3Config, has_text_modality=True, hidden_size=37)
+        self.config_tester = ConfigTester(self, config_class=Beit3Config, has_text_modality=True, hidden_size=48)
 
     def test_config(self):
         self.config_tester.run_common_tests()

@@ -253,7 +253,7 @@ class Beit3Model(Beit3PreTrainedModel):
             raise ValueError("You cannot specify both input_ids and inputs_embeds; pass one of them.")
         if pixel_values is None and input_ids is None and inputs_embeds is None:
             raise ValueError("Beit3Model needs pixel_values, input_ids or inputs_embeds.")
-        output_attentions = bool(output_attentions)
+        output_attentions = output_attentions if output_attentions is not None else self.config.output_attentions
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )
