@@ -20,6 +20,11 @@ class MuffinModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMix
     all_model_classes = (MuffinModel, MuffinForConditionalGeneration)
     pipeline_model_mapping = {"image-text-to-text": MuffinForConditionalGeneration}
     _is_composite = True
+    # the images go with the prompt's image tokens (as transformers' Llava tester does)
+    additional_model_inputs = ["pixel_values"]
+    # Muffin feeds BEiT-3 its learned queries as embeddings: BEiT-3's word embeddings and masked-image-modelling
+    # token are never used, so they get no gradient (by design, docs/conformance.md)
+    test_all_params_have_gradient = False
     # the prompt's image tokens are replaced by image features inside: generation needs the token ids
     generate_from_inputs_embeds = False
 

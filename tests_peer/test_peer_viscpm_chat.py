@@ -14,6 +14,11 @@ from hf_ext.models.viscpm_chat import VisCPMChatConfig, VisCPMChatForConditional
 class VisCPMChatModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
     all_model_classes = (VisCPMChatModel, VisCPMChatForConditionalGeneration)
     _is_composite = True
+    # the images go with the prompt's image tokens (as transformers' Llava tester does)
+    additional_model_inputs = ["pixel_values"]
+    # Muffin feeds BEiT-3 its learned queries as embeddings: BEiT-3's word embeddings and masked-image-modelling
+    # token are never used, so they get no gradient (by design, docs/conformance.md)
+    test_all_params_have_gradient = False
     generate_from_inputs_embeds = False
 
     def setUp(self):
