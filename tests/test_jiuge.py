@@ -270,7 +270,9 @@ def test_write_poem_rejects_bad_num_poems_and_forms_longer_than_the_context(toke
     short = tiny_model(tokenizer, n_positions=32)  # 七言律诗: 64 characters + [EOS] after the prompt
     prompt_length = len(tokenizer(format_sample("七言律诗", "春")).input_ids)
     needed = BUILTIN_FORMS["七言律诗"].body_length + 1
-    with pytest.raises(ValueError, match=rf"needs {needed} tokens .* {prompt_length + needed} in all, .*n_positions=32"):
+    with pytest.raises(
+        ValueError, match=rf"needs {needed} tokens .* {prompt_length + needed} in all, .*n_positions=32"
+    ):
         short.write_poem("七言律诗", "春", tokenizer=tokenizer)
     with pytest.raises(ValueError, match="exceeds the model's context n_positions=128"):
         model.write_poem("五言绝句", "春", tokenizer=tokenizer, constrained=False, max_new_tokens=200)

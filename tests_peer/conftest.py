@@ -143,10 +143,11 @@ def _list_hf_ext_models_like_native_ones() -> None:
     themselves resolve hf_ext's models through ``register`` as before: a table entry whose model type has no entry in
     ``CONFIG_MAPPING_NAMES`` is never imported through it.
     """
+    from transformers.models.auto import modeling_auto
+
     import hf_ext.models  # noqa: F401  (registers every model family)
     import hf_ext.trainers.elv  # noqa: F401  (registers the ELV predictor)
     from hf_ext.models._registry import registered_models
-    from transformers.models.auto import modeling_auto
 
     for model_type, entry in registered_models().items():
         for auto_name, model_class in entry["models"].items():

@@ -160,8 +160,11 @@ class GenerationTesterMixin:
                 self.assertEqual(seqs.shape, (2 * ids.shape[0], ids.shape[1] + MAX_NEW_TOKENS))
                 # reference: the summed log-probabilities of each returned sequence, from one forward pass
                 expanded = {
-                    k: (v.repeat_interleave(2, dim=0) if isinstance(v, torch.Tensor) and v.shape[:1] == ids.shape[:1]
-                        else v)
+                    k: (
+                        v.repeat_interleave(2, dim=0)
+                        if isinstance(v, torch.Tensor) and v.shape[:1] == ids.shape[:1]
+                        else v
+                    )
                     for k, v in inputs.items()
                 }
                 logits = self._forward_logits(model, expanded, seqs)
