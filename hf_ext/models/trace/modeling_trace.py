@@ -527,44 +527,45 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
             **kwargs,
         )
         logits = self.lm_head(out.last_hidden_state)
-        result = TraceOutput(
-            logits=logits,
-            cache=out.cache,
-            latent_output=latent_out,
-            hidden_states=out.hidden_states,
-            attentions=out.attentions,
-        )
+        # every field is set at construction: ModelOutput only tuples fields that were given to __init__
+        result = {
+            "logits": logits,
+            "cache": out.cache,
+            "latent_output": latent_out,
+            "hidden_states": out.hidden_states,
+            "attentions": out.attentions,
+        }
         if latent_out is not None:
             lo = latent_out
             keep = valid.to(logits.dtype)
-            result.kl_per_group = (
+            result["kl_per_group"] = (
                 gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar) * keep
             )
             n = keep.sum(1).clamp(min=1)
-            kl_sum = result.kl_per_group.sum(1)
-            result.kl = kl_sum if self.config.kl_reduction == "sum" else kl_sum / n
-            result.log_prior = (gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar) * keep).sum(1)
-            result.log_posterior = (gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar) * keep).sum(
-                1
-            )
+            kl_sum = result["kl_per_group"].sum(1)
+            result["kl"] = kl_sum if self.config.kl_reduction == "sum" else kl_sum / n
+            result["log_prior"] = (gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar) * keep).sum(1)
+            result["log_posterior"] = (
+                gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar) * keep
+            ).sum(1)
         if labels is not None or shift_labels is not None:
-            result.rec_loss, result.num_tokens = trace_token_nll(logits, labels, shift_labels)
-            loss = result.rec_loss.mean()
+            result["rec_loss"], result["num_tokens"] = trace_token_nll(logits, labels, shift_labels)
+            loss = result["rec_loss"].mean()
             if latent_out is not None:
                 beta = self.kl_weight if kl_weight is None else kl_weight
                 if self.config.free_bits > 0:
                     # free bits per segment position: batch-mean KL over the rows that have that segment
                     present = keep.sum(0)
-                    per_k = (result.kl_per_group.sum(0) / present.clamp(min=1)).clamp(min=self.config.free_bits)
+                    per_k = (result["kl_per_group"].sum(0) / present.clamp(min=1)).clamp(min=self.config.free_bits)
                     per_k = per_k * (present > 0)
                     kl_term = per_k.sum() if self.config.kl_reduction == "sum" else per_k.sum() / (present > 0).sum()
                 else:
-                    kl_term = result.kl.mean()
+                    kl_term = result["kl"].mean()
                 loss = loss + beta * kl_term
                 if self.config.transition == "free" and self.config.idempotent_penalty > 0:
                     loss = loss + self.config.idempotent_penalty * self.transformer.latent.idempotence_gap()
-            result.loss = loss
-        return result
+            result["loss"] = loss
+        return TraceOutput(**result)
 
     def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, inputs_embeds=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(
