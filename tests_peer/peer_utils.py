@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
@@ -26,23 +25,35 @@ def tiny_model_dir() -> Path:
     return _TINY_DIR
 
 
-def register_tiny_model(model, tokenizer, tokenizer_class_name: str, processor_class_names=()) -> None:
-    """Save ``model`` (and its tokenizer) where the pipeline mixin looks for ``tiny-random-<Architecture>``."""
-    arch = type(model).__name__
-    path = tiny_model_dir() / model.config.model_type / arch
-    model.save_pretrained(path)
-    if tokenizer is not None:
+def provide_pipeline_checkpoints(config, model_classes) -> None:
+    """Write tiny checkpoints of ``model_classes`` (with a tiny BPE tokenizer) where the pipeline mixin finds them.
+
+    This replaces the Hub's ``hf-internal-testing/tiny-random-<Architecture>`` repositories: ``config`` (a tester's
+    config) gets the tokenizer's vocabulary size and special tokens, and the mixin's summary lists the checkpoint.
+    """
+    import tests.test_pipeline_mixin as pipeline_mixin
+
+    from hf_ext.testing_utils import tiny_bpe_tokenizer
+
+    tokenizer = tiny_bpe_tokenizer()
+    config.vocab_size = max(config.vocab_size, len(tokenizer))
+    config.pad_token_id = tokenizer.pad_token_id
+    config.eos_token_id = config.bos_token_id = tokenizer.eos_token_id
+    for model_class in model_classes:
+        name = model_class.__name__
+        torch.manual_seed(0)
+        model = model_class(config).eval()
+        if model.can_generate():
+            model.generation_config.pad_token_id = tokenizer.pad_token_id
+            model.generation_config.eos_token_id = tokenizer.eos_token_id
+        path = tiny_model_dir() / config.model_type / name
+        model.save_pretrained(path)
         tokenizer.save_pretrained(path)
-    summary_file = tiny_model_dir() / "reports" / "tiny_model_summary.json"
-    summary = json.loads(summary_file.read_text())
-    summary[arch] = {
-        "tokenizer_classes": [tokenizer_class_name] if tokenizer_class_name else [],
-        "processor_classes": list(processor_class_names),
-        "model_classes": [arch],
-    }
-    tmp = summary_file.with_suffix(".tmp")
-    tmp.write_text(json.dumps(summary))
-    os.replace(tmp, summary_file)
+        pipeline_mixin.tiny_model_summary[name] = {
+            "tokenizer_classes": [type(tokenizer).__name__],
+            "processor_classes": [],
+            "model_classes": [name],
+        }
 
 
 def ones_mask(batch: int, seq: int) -> torch.Tensor:

@@ -7,6 +7,7 @@ docs/conformance.md for what fails before that branch is merged.
 import unittest
 
 import torch
+from peer_utils import provide_pipeline_checkpoints
 from tests.generation.test_utils import GenerationTesterMixin
 from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
@@ -56,6 +57,11 @@ class DellaModelTester:
 class DellaModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase):
     all_model_classes = (DellaModel, DellaForCausalLM)
     pipeline_model_mapping = {"feature-extraction": DellaModel, "text-generation": DellaForCausalLM}
+
+    @classmethod
+    def setUpClass(cls):
+        # tiny checkpoints for the pipeline mixin (in place of the Hub's hf-internal-testing models)
+        provide_pipeline_checkpoints(DellaModelTester(None).get_config(), (DellaModel, DellaForCausalLM))
 
     def setUp(self):
         self.model_tester = DellaModelTester(self)

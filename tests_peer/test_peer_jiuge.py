@@ -3,6 +3,7 @@
 import unittest
 
 import torch
+from peer_utils import provide_pipeline_checkpoints
 from tests.generation.test_utils import GenerationTesterMixin
 from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin, ids_tensor
@@ -50,6 +51,11 @@ class JiugeModelTester:
 class JiugeModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase):
     all_model_classes = (JiugeModel, JiugeForCausalLM)
     pipeline_model_mapping = {"feature-extraction": JiugeModel, "text-generation": JiugeForCausalLM}
+
+    @classmethod
+    def setUpClass(cls):
+        # tiny checkpoints for the pipeline mixin (in place of the Hub's hf-internal-testing models)
+        provide_pipeline_checkpoints(JiugeModelTester(None).get_config(), (JiugeModel, JiugeForCausalLM))
 
     def setUp(self):
         self.model_tester = JiugeModelTester(self)

@@ -3,6 +3,7 @@
 import unittest
 
 import torch
+from peer_utils import provide_pipeline_checkpoints
 from tests.generation.test_utils import GenerationTesterMixin
 from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
@@ -89,6 +90,11 @@ class TraceModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixi
     # "separator" segmentation reads the tokens to know each position's segment: a prompt given as embeddings has
     # none (generation from embeddings is checked with "fixed" segmentation below)
     generate_from_inputs_embeds = False
+
+    @classmethod
+    def setUpClass(cls):
+        # tiny checkpoints for the pipeline mixin (in place of the Hub's hf-internal-testing models)
+        provide_pipeline_checkpoints(TraceModelTester(None).get_config(), (TraceModel, TraceForCausalLM))
 
     def setUp(self):
         self.model_tester = TraceModelTester(self)
