@@ -117,6 +117,9 @@ class GenerationTesterMixin:
                 first = self._gen(model, inputs, return_dict_in_generate=True, use_cache=True)
                 self.assertIsNotNone(first.cache, msg="generate returned no cache to continue from")
                 cont_inputs = dict(inputs)
+                # images are already encoded in the cache: continuing passes the text only (as with Llava)
+                for key in ("pixel_values", "image_sizes"):
+                    cont_inputs.pop(key, None)
                 cont_inputs["input_ids"] = first.sequences
                 if inputs.get("attention_mask") is not None:
                     mask = inputs["attention_mask"]
