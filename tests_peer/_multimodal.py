@@ -26,6 +26,8 @@ class MuffinModelTester:
         # <im_start> num_query x <im_patch> <im_end>, then text
         self.seq_length = self.num_query + 2 + text_length
         self.text_length = text_length
+        # a generated <im_patch> would need an image of its own: the generation checks never produce one
+        self.suppressed_token_ids = [config.image_token_id, config.image_start_token_id, config.image_end_token_id]
 
     def get_config(self):
         return tiny_muffin_config(self.tokenizer, projector_type=self.projector_type, config_class=self.config_class)

@@ -15,8 +15,9 @@ independent reference rather than a stored value:
 * dict outputs carry one score / hidden-state tuple / attention tuple per new token;
 * ``generate`` after ``save_pretrained`` / ``from_pretrained`` gives the same tokens.
 
-A tester adapts the inputs through two optional hooks: ``model_tester.generation_inputs(inputs_dict)`` (e.g. fixed
-latents for a VAE, images for a vision-language model) and the class attribute ``generate_from_inputs_embeds``.
+A tester adapts the inputs through optional hooks: ``model_tester.generation_inputs(inputs_dict)`` (e.g. fixed
+latents for a VAE), ``model_tester.suppressed_token_ids`` (tokens never to generate, e.g. image placeholders, which
+each need an image) and the class attribute ``generate_from_inputs_embeds``.
 """
 
 from __future__ import annotations
@@ -57,7 +58,13 @@ class GenerationTesterMixin:
             model.generation_config.pad_token_id = 0
         return model
 
+    def _suppressed(self):
+        # tokens a tester forbids in generated text (e.g. image placeholders, which need an image each)
+        return list(getattr(self.model_tester, "suppressed_token_ids", []))
+
     def _gen(self, model, inputs, **kwargs):
+        if self._suppressed():
+            kwargs.setdefault("suppress_tokens", self._suppressed())
         kwargs.setdefault("max_new_tokens", MAX_NEW_TOKENS)
         kwargs.setdefault("do_sample", False)
         with torch.no_grad():
@@ -94,8 +101,9 @@ class GenerationTesterMixin:
                 ids = inputs["input_ids"]
                 expected = ids
                 for _ in range(MAX_NEW_TOKENS):
-                    logits = self._forward_logits(model, inputs, expected)
-                    expected = torch.cat([expected, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+                    logits = self._forward_logits(model, inputs, expected)[:, -1]
+                    logits[:, self._suppressed()] = float("-inf")
+                    expected = torch.cat([expected, logits.argmax(-1, keepdim=True)], dim=1)
                 self.assertEqual(out.shape, (ids.shape[0], ids.shape[1] + MAX_NEW_TOKENS))
                 torch.testing.assert_close(out, expected, rtol=0, atol=0)
 
