@@ -74,7 +74,7 @@ def test_span_token_mask_offsets():
 
 
 def test_collator_padding_and_weights():
-    collator = DataCollatorForDensePreference(pad_token_id=0, gamma=5.0)
+    collator = DataCollatorForDensePreference(pad_token_id=0)
     examples = [
         {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5, 8, 6, 7, 9], "rejected_ids": [3, 4, 5, 6, 7, 9]},
         {"prompt_ids": [1], "chosen_ids": [3, 4, 5, 12, 6, 7, 9], "rejected_ids": [3, 4, 5, 11, 6, 7, 9]},
@@ -89,18 +89,17 @@ def test_collator_padding_and_weights():
         ]
     )
     assert torch.equal(batch["input_ids"], expected_ids)
-    expected_weights = torch.tensor(
+    expected_corrected = torch.tensor(
         [
-            [0, 0, 1, 1, 1, 1, 1, 1, 1],  # pure insertion (8): weight 1
-            [0, 1, 1, 1, 5, 1, 1, 1, 0],  # replacement 11 -> 12
-            [0, 0, 1, 1, 1, 1, 1, 1, 0],
-            [0, 1, 1, 1, 5, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],  # pure insertion (8): not corrected
+            [0, 0, 0, 0, 1, 0, 0, 0, 0],  # replacement 11 -> 12
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 1, 0, 0, 0, 0],
         ],
-        dtype=torch.float32,
+        dtype=torch.bool,
     )
-    assert torch.equal(batch["token_weights"], expected_weights)
-    assert torch.equal(batch["corrected_mask"], expected_weights == 5)
-    assert "ref_token_logps" not in batch
+    assert torch.equal(batch["corrected_mask"], expected_corrected)
+    assert "ref_token_logps" not in batch and "token_weights" not in batch  # γ is applied by the trainer only
 
 
 # ---------------------------------------------------------------- trainer vs TRL
@@ -169,16 +168,20 @@ def test_eq5_by_hand(tmp_path, normalize):
         loss = trainer.compute_loss(trainer.model, dict(batch))
         pol, rf = token_logps(model, batch), token_logps(ref, batch)
     comp = batch["completion_mask"][:, 1:].bool()
-    ids = batch["input_ids"][:, 1:]
+    attended = batch["attention_mask"].bool()
     n = 4
     scores = {"pol": [], "ref": []}
     for i in range(n):
-        cho_ids, rej_ids = ids[i][comp[i]].tolist(), ids[n + i][comp[n + i]].tolist()
-        rej_w, cho_w = correction_weights(rej_ids, cho_ids, gamma)
+        # official weights: diff of the whole sequences minus their first token, kept on the completion positions
+        full_c, full_r = batch["input_ids"][i][attended[i]].tolist(), batch["input_ids"][n + i][attended[n + i]].tolist()
+        rej_w, cho_w = correction_weights(full_r[1:], full_c[1:], gamma)
+        cho_w = [w for w, m in zip(cho_w, comp[i][: len(cho_w)].tolist()) if m]
+        rej_w = [w for w, m in zip(rej_w, comp[n + i][: len(rej_w)].tolist()) if m]
         for name, lp in (("pol", pol), ("ref", rf)):
             pair = []
             for row, w in ((i, cho_w), (n + i, rej_w)):
                 values = lp[row][comp[row]].tolist()
+                assert len(values) == len(w)
                 unchanged = sum(v for v, wi in zip(values, w) if wi == 1.0)
                 corrected = sum(v for v, wi in zip(values, w) if wi == gamma)
                 n_u, n_c = sum(wi == 1.0 for wi in w), sum(wi == gamma for wi in w)
@@ -188,7 +191,7 @@ def test_eq5_by_hand(tmp_path, normalize):
     losses = []
     for (pc, pr), (rc, rr) in zip(scores["pol"], scores["ref"]):
         losses.append(-F.logsigmoid(torch.tensor(beta * ((pc - rc) - (pr - rr)), dtype=torch.float64)).item())
-    assert any(w == gamma for w in batch["token_weights"].flatten().tolist())
+    assert batch["corrected_mask"].any()
     assert loss.item() == pytest.approx(sum(losses) / n, abs=1e-5)
 
 
@@ -209,10 +212,11 @@ def test_sft_weight_and_fraction_metric(tmp_path):
             losses[sft] = trainer.compute_loss(trainer.model, dict(batch)).item()
     with torch.no_grad():
         pol = token_logps(model, batch)
-    chosen_scores = (pol * batch["token_weights"][:, 1:])[:4].sum(1)
+    weights = torch.where(batch["corrected_mask"], 3.0, 1.0) * batch["completion_mask"]
+    chosen_scores = (pol * weights[:, 1:])[:4].sum(1)
     assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * -chosen_scores.mean().item(), abs=1e-5)
     comp = batch["completion_mask"][:, 1:].bool()
-    expected_fraction = (batch["token_weights"][:, 1:][comp] == 3.0).float().mean().item()
+    expected_fraction = batch["corrected_mask"][:, 1:][comp].float().mean().item()
     assert trainer._metrics["train"]["dense/weighted_token_fraction"][-1] == pytest.approx(expected_fraction)
     assert "dense/sft_loss" in trainer._metrics["train"]
 
@@ -234,7 +238,6 @@ def test_explicit_spans_map_to_tokens(tmp_path):
     for row, word in ((0, "green"), (1, "red")):
         flagged = batch["input_ids"][row][batch["corrected_mask"][row]]
         assert tok.decode(flagged).strip() == word
-        assert set(batch["token_weights"][row][batch["corrected_mask"][row]].tolist()) == {4.0}
 
     # conversational rows: the spans are located inside the chat-template rendering
     from datasets import Dataset
@@ -355,8 +358,6 @@ def test_lora(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="dense_gamma"):
         DenseDPOConfig("x", dense_gamma=0.0, use_cpu=True, bf16=False)
-    with pytest.raises(ValueError, match="use_weighting"):
-        DenseDPOConfig("x", use_weighting=True, use_cpu=True, bf16=False)
     with pytest.raises(ValueError, match="dense_min_match"):
         DenseDPOConfig("x", dense_min_match=0, use_cpu=True, bf16=False)
 
