@@ -173,7 +173,10 @@ def test_eq5_by_hand(tmp_path, normalize):
     scores = {"pol": [], "ref": []}
     for i in range(n):
         # official weights: diff of the whole sequences minus their first token, kept on the completion positions
-        full_c, full_r = batch["input_ids"][i][attended[i]].tolist(), batch["input_ids"][n + i][attended[n + i]].tolist()
+        full_c, full_r = (
+            batch["input_ids"][i][attended[i]].tolist(),
+            batch["input_ids"][n + i][attended[n + i]].tolist(),
+        )
         rej_w, cho_w = correction_weights(full_r[1:], full_c[1:], gamma)
         cho_w = [w for w, m in zip(cho_w, comp[i][: len(cho_w)].tolist()) if m]
         rej_w = [w for w, m in zip(rej_w, comp[n + i][: len(rej_w)].tolist()) if m]

@@ -62,7 +62,10 @@ def _add_dense_fields(
             chosen_pos = attended[i].nonzero().squeeze(1)
             rejected_pos = attended[n + i].nonzero().squeeze(1)
             rejected_flags, chosen_flags = sequence_corrected_masks(
-                input_ids[n + i, rejected_pos].tolist(), input_ids[i, chosen_pos].tolist(), min_match, weight_insertions
+                input_ids[n + i, rejected_pos].tolist(),
+                input_ids[i, chosen_pos].tolist(),
+                min_match,
+                weight_insertions,
             )
             # entry j of the flags belongs to token pos[j + 1]
             chosen_pos, rejected_pos = chosen_pos[1:], rejected_pos[1:]

@@ -36,6 +36,7 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["DenseDPOTrainer"]
 
+
 class _LogProbScaler:
     """Forward hook: multiplies `outputs.log_probs` of a fused-LM-head call by the dense coefficients `c_t`.
 
@@ -153,7 +154,10 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 f"(they add the corrected-token flags), got {type(data_collator).__name__}. Omit it to use the default."
             )
         if data_collator is not None:
-            for field_name, arg_name in (("min_match", "dense_min_match"), ("weight_insertions", "dense_weight_insertions")):
+            for field_name, arg_name in (
+                ("min_match", "dense_min_match"),
+                ("weight_insertions", "dense_weight_insertions"),
+            ):
                 if getattr(data_collator, field_name) != getattr(args, arg_name):
                     raise ValueError(
                         f"`data_collator.{field_name}={getattr(data_collator, field_name)!r}` differs from "
