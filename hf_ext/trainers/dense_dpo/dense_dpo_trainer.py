@@ -78,10 +78,13 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
 
     Each completion token gets a weight: `args.dense_gamma` on the tokens of corrected segments, 1 elsewhere. The
     segments come from `chosen_segments` / `rejected_segments` columns (character spans `[[start, end], ...]` of the
-    completion text) or, when a row has none, from the official RLHF-V token diff of the rejected vs the chosen
-    completion (see [`~hf_ext.trainers.dense_dpo.correction_weights`]). A sequence is scored by `Σ_t w_t·log p_t`
+    completion text) or, when a row has none, from the official RLHF-V token diff of the whole rejected vs chosen
+    sequences, prompt and image tokens included, first token dropped, exactly as the released training code (see
+    [`~hf_ext.trainers.dense_dpo.sequence_corrected_masks`]). A sequence is scored by `Σ_t w_t·log p_t`
     (`dense_normalize=False`, official code) or `Σ_t w_t·log p_t / Σ_t w_t` (`dense_normalize=True`, paper Eq. 5), for
-    the policy and the reference alike; everything else (loss types, β, PEFT, metrics, `accelerate launch`) is TRL's.
+    the policy and the reference alike (see [`~DenseDPOTrainer.dense_coefficients`], the one place γ is applied);
+    WPO (`use_weighting`) and LD-DPO (`ld_alpha`) combine with it. Everything else (loss types, β, PEFT, metrics,
+    `accelerate launch`) is TRL's. The caller's `args` are never modified.
 
     Text-only models take a tokenizer as `processing_class`; vision-language models take a processor and a dataset
     with an `images` (or `image`) column. With `args.precompute_ref_log_probs=True` the reference log-probs are
