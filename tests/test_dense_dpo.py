@@ -701,3 +701,33 @@ def test_vlm_diff_runs_over_the_whole_sequence_with_image_tokens(tmp_path, vlm_d
             expected[positions[1:]] = torch.tensor([w == 3.0 for w in weights])
             assert torch.equal(batch["corrected_mask"][row], expected & completion)
     assert batch["corrected_mask"].any()
+
+
+def test_precompute_really_frees_the_temporary_reference(tmp_path):
+    """The reference copy made for precomputation is garbage-collected (no handle left, e.g. in the accelerator)."""
+    import gc
+    import weakref
+
+    from hf_ext.trainers.dense_dpo import dense_dpo_trainer
+
+    copies = []
+    real_deepcopy = copy.deepcopy
+
+    def recording_deepcopy(obj, *args, **kwargs):
+        result = real_deepcopy(obj, *args, **kwargs)
+        if isinstance(result, torch.nn.Module):
+            copies.append(weakref.ref(result))
+        return result
+
+    tok = tiny_tokenizer()
+    with mock.patch.object(dense_dpo_trainer.copy, "deepcopy", side_effect=recording_deepcopy):
+        trainer = DenseDPOTrainer(
+            model=tiny_gpt2(tok),
+            args=DenseDPOConfig(**base_args(tmp_path), precompute_ref_log_probs=True),
+            train_dataset=text_dataset(),
+            processing_class=tok,
+        )
+    gc.collect()
+    assert len(copies) == 1  # the temporary reference
+    assert copies[0]() is None, gc.get_referrers(copies[0]())
+    assert trainer.ref_model is None and trainer.model is not None

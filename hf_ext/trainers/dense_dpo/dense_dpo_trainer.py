@@ -234,7 +234,12 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_ref_token_logps(self.eval_dataset, "eval")
             if free_ref_model:
+                # Drop every handle on the temporary reference, the accelerator's list of prepared models included,
+                # so that its weights are really freed (otherwise a precomputed run keeps the reference's memory).
+                ref = self.ref_model
                 self.ref_model = None
+                self.accelerator._models = [m for m in self.accelerator._models if m is not ref]
+                del ref
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
