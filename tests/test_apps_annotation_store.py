@@ -195,7 +195,7 @@ def test_overlap_and_agreement(tmp_path):
 
 
 def test_annotate_cli_export_and_stats(tmp_path):
-    from hf_ext.cli import main
+    from hf_ext.cli import run
 
     images = _images(tmp_path / "img", 2)
     out = tmp_path / "pairs.parquet"
@@ -203,7 +203,7 @@ def test_annotate_cli_export_and_stats(tmp_path):
     for name in ("alice", "bob"):
         store.next_item(name)
         _submit_corrected(store, name, "00.png")
-    result = main(
+    result = run(
         [
             "annotate",
             "export",
@@ -219,5 +219,5 @@ def test_annotate_cli_export_and_stats(tmp_path):
     )
     assert result["rows"] == 2
     assert load_rlhf_v(tmp_path / "all.parquet", with_segments=True)["idx"] == [0, 0]
-    stats = main(["annotate", "stats", "--images", str(images), "--out", str(out), "--overlap", "2"])
+    stats = run(["annotate", "stats", "--images", str(images), "--out", str(out), "--overlap", "2"])
     assert stats["agreement"]["exact_match"] == 1.0 and stats["agreement"]["span_f1"] == 1.0

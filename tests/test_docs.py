@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -114,6 +115,19 @@ STAND_INS = {
     "Laptop_Train_v2.xml": _semeval2014_xml,
 }
 HUB_STAND_INS = {"me/tiny-muffin": _tiny_muffin_repo}
+
+
+def _fixture_dir(name: str):
+    """Pages that use the golden fixtures of a fresh clone (`tests/fixtures/<name>`) get a copy in the page's cwd."""
+
+    def make(path: Path) -> None:
+        shutil.copytree(ROOT / "tests" / "fixtures" / name, path)
+
+    return make
+
+
+STAND_INS["tests/fixtures/cpmbee"] = _fixture_dir("cpmbee")
+STAND_INS["pairs.parquet"] = _rlhf_v_parquet
 
 
 def _page_params():
