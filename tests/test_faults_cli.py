@@ -71,6 +71,25 @@ def test_models_register_when_transformers_is_imported_after_hf_ext():
     assert proc.stdout.split() == ["della", "elv_predictor"]
 
 
+@pytest.mark.parametrize(
+    "first_import", ["from peft import LoraConfig", "import trl", "import diffusers", "import accelerate"]
+)
+def test_libraries_that_import_transformers_import_after_hf_ext(first_import):
+    """Registration runs when transformers finishes importing, while the library importing it (peft, trl, ...) is
+    still half-initialised: it must import nothing that imports that library back (it once imported the ELV trainer,
+    whose `transformers.Trainer` import needs `peft.PeftMixedModel`: a circular ImportError)."""
+    proc = _python(
+        f"""
+        import hf_ext
+        {first_import}
+        from transformers import AutoConfig
+        print(AutoConfig.for_model("muffin").model_type, AutoConfig.for_model("elv_predictor").model_type)
+        """
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split()[-2:] == ["muffin", "elv_predictor"]
+
+
 def test_dense_dpo_config_defaults_to_fp32_without_a_bf16_accelerator(tmp_path):
     import torch
 

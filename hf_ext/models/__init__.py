@@ -16,10 +16,8 @@ _MODEL_PACKAGES: list[str] = [
     "cpmbee",
     "viscpm_chat",
     "jiuge",
+    "elv_predictor",
 ]
 
 for _name in _MODEL_PACKAGES:
     importlib.import_module(f"{__name__}.{_name}")
-
-# ELV's predictor (model type `elv_predictor`) lives with its trainer and registers itself there.
-importlib.import_module("hf_ext.trainers.elv")

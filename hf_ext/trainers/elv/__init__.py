@@ -4,12 +4,10 @@ An explanation generator (any seq2seq LM) and an explanation-augmented predictor
 EM from a few human explanations, plus explanation-based self-training. See ``docs/elv.md``.
 """
 
-from ...models._registry import register_model
-from .configuration_elv import ELVPredictorConfig
+from ...models.elv_predictor import ELVPredictorConfig, ELVPredictorModel, ELVPredictorOutput
 from .elv_config import ELVConfig
 from .elv_model import ELVModel, ELVModelConfig
 from .elv_trainer import ELVTrainer
-from .modeling_elv import ELVPredictorModel, ELVPredictorOutput
 from .retrieval import (
     ExplanationBank,
     e_step_posterior,
@@ -18,9 +16,6 @@ from .retrieval import (
     similarity_prior,
 )
 from .testing import tiny_elv_model
-
-# Lets AutoConfig / AutoModel load a saved predictor folder (``predictor/`` of an ELV repository).
-register_model("elv_predictor", ELVPredictorConfig, {"AutoModel": ELVPredictorModel})
 
 __all__ = [
     "ELVConfig",

@@ -21,8 +21,8 @@ from transformers import (
 )
 from transformers.utils import logging
 
+from ...models.elv_predictor.modeling_elv_predictor import ELVPredictorModel
 from ...utils.io import atomic_write
-from .modeling_elv import ELVPredictorModel
 from .retrieval import ExplanationBank, encode_sentences
 
 __all__ = ["ELVModel", "ELVModelConfig", "ELV_CONFIG_NAME"]

@@ -16,10 +16,10 @@ from typing import Any
 import torch
 from transformers import PreTrainedTokenizerBase
 
+from ...models.elv_predictor.configuration_elv_predictor import ELVPredictorConfig
+from ...models.elv_predictor.modeling_elv_predictor import ELVPredictorModel
 from ...testing_utils import tiny_bpe_tokenizer
-from .configuration_elv import ELVPredictorConfig
 from .elv_model import ELVModel, ELVModelConfig
-from .modeling_elv import ELVPredictorModel
 
 
 def tiny_elv_model(

@@ -13,7 +13,7 @@ from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
 from transformers.utils.generic import can_return_tuple
 
-from .configuration_elv import ELVPredictorConfig
+from .configuration_elv_predictor import ELVPredictorConfig
 
 __all__ = ["ELVPredictorModel", "ELVPredictorOutput", "ELVPreTrainedModel"]
 
