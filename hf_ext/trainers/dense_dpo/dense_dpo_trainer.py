@@ -22,13 +22,14 @@ from trl import DPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
-from trl.trainer.utils import hash_module, use_adapter
+from trl.trainer.utils import use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
 from ...utils.io import atomic_save_file
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
 from .dense_dpo_config import DenseDPOConfig
+from .sharding import is_sharded_module, num_padding_batches, reference_hash
 from .weights import span_token_mask, validate_spans
 
 check_trl_compat()
@@ -208,7 +209,7 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
 
         if self._dense_precompute:
             self.precompute_ref_logps = True  # `_compute_loss` reads `ref_chosen_logps` / `ref_rejected_logps`
-            self._dense_ref_hash = hash_module(self.ref_model or self.model)
+            self._dense_ref_hash = reference_hash(self.ref_model or self.model)
             self.train_dataset = self._precompute_ref_token_logps(self.train_dataset, "train")
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {k: self._precompute_ref_token_logps(v, k) for k, v in self.eval_dataset.items()}
@@ -316,6 +317,10 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 rejected = per_token[n + i][scored[n + i]].float().cpu().tolist()
                 rows.append((indices[position], chosen, rejected))
                 position += 1
+        if is_sharded_module(self.ref_model):  # a sharded forward is a collective: join the busiest rank's count
+            padding = self.data_collator([dataset[0]])
+            for _ in range(num_padding_batches(len(dataset), rank, world, batch_size)):
+                self._reference_per_token_logps(padding)
         rows = gather_object(rows) if world > 1 else rows
         if self.accelerator.is_main_process:
             rows = sorted(rows, key=lambda r: r[0])
