@@ -18,6 +18,7 @@ from datasets import Dataset
 from PIL import Image
 
 from hf_ext.models.muffin import tiny_muffin
+from hf_ext.utils.fsdp import FSDP2FusedLMHeadCallback
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "black": (0, 0, 0)}
 
@@ -92,20 +93,24 @@ def main() -> None:
     parser.add_argument("out")
     parser.add_argument("--rows", type=int, default=8)
     parser.add_argument("--global_batch", type=int, default=4)
-    parser.add_argument("--freeze_lm_head", action="store_true")
+    parser.add_argument("--no_lm_head_fix", action="store_true", help="SFT without hf_ext's FSDP2 LM-head callback")
     args = parser.parse_args()
     allow_fsdp_on_cpu()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = args.global_batch // world
     model, processor = tiny_muffin()
     model.train()
-    if args.freeze_lm_head:  # see docs/scale.md, "FSDP2 and TRL's fused LM head"
-        model.lm_head.weight.requires_grad_(False)
     if args.mode == "sft":
         from trl import SFTConfig, SFTTrainer
 
         config = SFTConfig(**common_args(f"{args.out}/run", per_device), max_length=256, assistant_only_loss=False)
-        trainer = SFTTrainer(model=model, args=config, train_dataset=sft_rows(args.rows), processing_class=processor)
+        trainer = SFTTrainer(
+            model=model,
+            args=config,
+            train_dataset=sft_rows(args.rows),
+            processing_class=processor,
+            callbacks=[] if args.no_lm_head_fix else [FSDP2FusedLMHeadCallback()],
+        )
     else:
         from hf_ext import DenseDPOConfig, DenseDPOTrainer
 
@@ -141,6 +146,7 @@ def main() -> None:
         "fsdp_wrapped": wrapped,
         "rows_seen": seen,
         "grad_norms": [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e],
+        "lm_head_hooked": getattr(trainer.model_wrapped.lm_head, "_hf_ext_unshard_hook", None) is not None,
         "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model_wrapped.parameters()),
     }
     with open(f"{args.out}/result-{state.process_index}.json", "w") as f:

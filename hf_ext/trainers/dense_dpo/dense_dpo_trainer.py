@@ -25,6 +25,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVi
 from trl.trainer.utils import use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
+from ...utils.fsdp import FSDP2FusedLMHeadCallback
 from ...utils.io import atomic_save_file
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
@@ -200,6 +201,9 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 pad_to_multiple_of=collator.pad_to_multiple_of,
                 **dense_kwargs,
             )
+
+        if self.is_fsdp_enabled:  # TRL's fused LM head under FSDP2: see `hf_ext.utils.fsdp`
+            self.add_callback(FSDP2FusedLMHeadCallback())
 
         # Hooks that rescale the per-token log-probs of the policy and of the live reference.
         self._dense_scaler = _LogProbScaler()
