@@ -216,3 +216,158 @@ def test_fsdp2_two_process_dense_dpo_matches_one_process(tmp_path):
     again = _run_script("dpo", tmp_path / "two", 2, "--rows", "9")
     assert two_cache.stat().st_mtime_ns == mtime
     assert again[0]["losses"] == two[0]["losses"]
+
+
+# ------------------------------------------------------------------------------------------ quantised loading
+def _saved_tiny(tmp_path, model_type):
+    from hf_ext.models.muffin import tiny_muffin
+
+    model, _ = tiny_muffin(model_type=model_type)
+    model.save_pretrained(tmp_path / model_type)
+    ids = torch.cat(
+        [torch.full((2, model.config.num_query), model.config.image_token_id), torch.randint(5, 250, (2, 9))], 1
+    )
+    return model, tmp_path / model_type, {"input_ids": ids, "pixel_values": torch.randn(2, 3, 32, 32)}
+
+
+def _linear_weights(model):
+    return {n: m.weight for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+
+
+@pytest.mark.parametrize("model_type", ["muffin", "viscpm_chat"])
+def test_torchao_int8_weight_only_loading(tmp_path, model_type):
+    """`from_pretrained(..., quantization_config=vlm_quantization_config())`: every LLM linear layer is int8 with
+    per-row scale max|w| / 127.5 (torchao's symmetric range) and round-to-nearest; the vision bridge and `lm_head`
+    stay exact fp32; the logits equal those of the fp32 model carrying the dequantised weights."""
+    pytest.importorskip("torchao")
+    from transformers import AutoModelForImageTextToText
+
+    from hf_ext.utils.quantization import vlm_quantization_config
+
+    torch.manual_seed(0)
+    model, path, inputs = _saved_tiny(tmp_path, model_type)
+    quant = AutoModelForImageTextToText.from_pretrained(path, quantization_config=vlm_quantization_config())
+    assert type(quant) is type(model)
+    original, loaded = _linear_weights(model), _linear_weights(quant)
+    dequantised = copy.deepcopy(model)
+    n_int8 = 0
+    for name, w in original.items():
+        q = loaded[name]
+        if name.startswith("model.language_model."):
+            assert type(q).__name__ == "Int8Tensor", name
+            scale = w.detach().abs().amax(1, keepdim=True) / 127.5
+            torch.testing.assert_close(q.scale.float(), scale, rtol=1e-6, atol=0)
+            assert q.qdata.dtype == torch.int8
+            deq = q.qdata.float() * q.scale.float()
+            assert ((deq - w.detach()).abs() <= 0.5 * scale * (1 + 1e-4)).all(), name
+            dequantised.get_submodule(name).weight.data.copy_(deq)
+            n_int8 += 1
+        else:  # the bridge (BEiT-3, projector) and lm_head
+            assert type(q) is torch.nn.Parameter and torch.equal(q, w), name
+    assert n_int8 == 7 * model.config.text_config.num_hidden_layers  # q, k, v, o, gate, up, down per layer
+    with torch.no_grad():
+        expected = dequantised(**inputs).logits
+        got = quant(**inputs).logits
+    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+# bitsandbytes 0.50.2's CPU NF4 round trip is off by up to 0.87 x the block absmax (nearest-code NF4: <= 0.152), so
+# 4-bit is checked on the GPU only (benchmarks/gpu/run.py); LLM.int8() is exact on the CPU and tested here.
+@pytest.mark.parametrize("method", ["bnb_8bit"])
+def test_bitsandbytes_loading_on_cpu(tmp_path, method):
+    """bitsandbytes' CPU backend: LLM layers become Linear8bitLt, the bridge and lm_head stay fp32 and unchanged, and
+    the logits are those of the fp32 model with the dequantised weights."""
+    pytest.importorskip("bitsandbytes")
+    import bitsandbytes.functional as F
+    from transformers import AutoModelForImageTextToText
+
+    from hf_ext.utils.quantization import vlm_quantization_config
+
+    torch.manual_seed(0)
+    model, path, inputs = _saved_tiny(tmp_path, "muffin")
+    config = vlm_quantization_config(method, compute_dtype=torch.float32)
+    quant = AutoModelForImageTextToText.from_pretrained(path, quantization_config=config, device_map="cpu")
+    expected_cls = "Linear8bitLt" if method == "bnb_8bit" else "Linear4bit"
+    dequantised = copy.deepcopy(model)
+    for name, module in quant.named_modules():
+        if name.startswith("model.language_model.") and isinstance(module, torch.nn.Linear):
+            assert type(module).__name__ == expected_cls, name
+            w = module.weight
+            if method == "bnb_4bit":
+                deq = F.dequantize_4bit(w.data, w.quant_state).float()
+            else:  # LLM.int8(): int8 rows with per-row absmax / 127
+                deq = w.data.float() * module.weight.SCB.float()[:, None] / 127
+            ref = model.get_submodule(name).weight.detach()
+            if method == "bnb_4bit":
+                # NF4: blocks of 64 values scaled by their absmax onto 16 code points; the widest gap between code
+                # points is 1 - 0.6962 (at -1), so no value moves by more than that times its block's absmax
+                blocks = ref.reshape(-1, w.quant_state.blocksize)
+                bound = 0.304 * blocks.abs().amax(1, keepdim=True) * 1.02  # 2 %: the double-quantised absmax
+                assert ((deq.reshape(blocks.shape) - blocks).abs() <= bound).all(), name
+            else:  # half a step of the row's int8 grid, plus the fp16 cast bitsandbytes applies first
+                assert ((deq - ref).abs() <= ref.abs().amax(1, keepdim=True) / 127 * 0.55).all(), name
+            dequantised.get_submodule(name).weight.data.copy_(deq)
+        elif name.startswith(("model.vision_tower", "model.multi_modal_projector", "lm_head")) and isinstance(
+            module, torch.nn.Linear
+        ):
+            assert type(module) is torch.nn.Linear and torch.equal(module.weight, model.get_submodule(name).weight)
+    with torch.no_grad():
+        expected = dequantised(**inputs).logits
+        got = quant(**inputs).logits
+    # LLM.int8() also quantises the activations (fp16 on CPU), so its tolerance is wider
+    tol = 2e-2 if method == "bnb_8bit" else 1e-4
+    assert ((got - expected).norm() / expected.norm()).item() < tol
+
+
+def test_lora_dense_dpo_on_int8_muffin(tmp_path):
+    """Dense DPO with LoRA adapters on a torchao int8 Muffin (QLoRA's recipe with int8 weights, which run on CPU):
+    step 1 is at log 2 (the reference is the same model with the adapter off), the adapters move, the int8 base and
+    the bridge do not."""
+    pytest.importorskip("torchao")
+    from peft import LoraConfig
+    from test_muffin_trl import CHOSEN, REJECTED, _dataset
+    from transformers import AutoModelForImageTextToText
+
+    from hf_ext import DenseDPOConfig, DenseDPOTrainer
+    from hf_ext.models.muffin import tiny_muffin
+    from hf_ext.utils.quantization import vlm_quantization_config
+
+    model, processor = tiny_muffin()
+    model.save_pretrained(tmp_path / "muffin")
+    quant = AutoModelForImageTextToText.from_pretrained(
+        tmp_path / "muffin", quantization_config=vlm_quantization_config()
+    )
+    extra = {"chosen_segments": [[0, len(CHOSEN)]], "rejected_segments": [[2, len(REJECTED)]]}
+    before = {n: p.detach().clone() for n, p in quant.named_parameters()}
+    trainer = DenseDPOTrainer(
+        model=quant,
+        args=DenseDPOConfig(
+            output_dir=str(tmp_path / "run"),
+            per_device_train_batch_size=1,
+            max_steps=2,
+            learning_rate=1e-2,
+            use_cpu=True,
+            report_to="none",
+            logging_steps=1,
+            save_strategy="no",
+            dense_gamma=2.0,
+        ),
+        train_dataset=_dataset(2, extra),
+        processing_class=processor,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
+    )
+    trainer.train()
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert losses[0] == pytest.approx(float(torch.log(torch.tensor(2.0))), rel=1e-5) and losses[1] != losses[0]
+    after = dict(trainer.model.named_parameters())
+    lora = [n for n in after if "lora_B" in n]
+    assert lora and any(not torch.equal(after[n], torch.zeros_like(after[n])) for n in lora)  # B starts at zero
+    base = trainer.model.get_base_model()
+    for name, p in base.named_parameters():
+        if "lora_" in name:
+            continue
+        key = name.replace(".base_layer", "")
+        if type(p).__name__ == "Int8Tensor":
+            assert torch.equal(p.qdata, before[key].qdata), name
+        else:
+            assert torch.equal(p, before[key]), name
