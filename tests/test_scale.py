@@ -371,3 +371,31 @@ def test_lora_dense_dpo_on_int8_muffin(tmp_path):
             assert torch.equal(p.qdata, before[key].qdata), name
         else:
             assert torch.equal(p, before[key]), name
+
+
+# ------------------------------------------------------------------------------------------ GPU benchmark dry run
+@pytest.mark.slow
+def test_gpu_benchmark_dry_run(tmp_path):
+    """benchmarks/gpu/run.sh --dry-run builds every model of the GPU benchmark at tiny size on the CPU, runs one step
+    of each section and writes the JSON and the table."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHON": sys.executable, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["bash", str(ROOT / "benchmarks" / "gpu" / "run.sh"), "--dry-run", "--out", str(tmp_path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["dry_run"] and set(results) >= {"dpo", "generate", "paint", "quant"}
+    variants = results["dpo"]["variants"]
+    assert set(variants) == {"trl", "dense", "dense_precomputed"}
+    assert variants["trl"]["live_reference"] and not variants["dense_precomputed"]["live_reference"]
+    assert all(v["step_s"] > 0 and v["tokens_per_step"] > 0 for v in variants.values())
+    gen = results["generate"]
+    assert gen["muffin"]["ttft_s"] > 0 and gen["llava"]["decode_tok_per_s"] > 0
+    assert results["paint"]["paint_s"] > 0 and results["paint"]["sd_s"] > 0
+    assert results["quant"]["int8_weight_only"]["top1_agreement"] > 0.5
+    table = (tmp_path / "results.md").read_text()
+    assert "Dense DPO vs TRL" in table and "| dense_precomputed |" in table
