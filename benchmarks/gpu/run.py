@@ -487,6 +487,8 @@ def main(argv=None) -> dict:
         timings[section] = time.perf_counter() - start
         print(f"[gpu-bench] {section} done in {timings[section]:.1f} s", flush=True)
     results["section_wall_s"] = timings
+    if args.out is None and args.dry_run:  # a dry run's numbers are no results: keep them out of the repository
+        args.out = tempfile.mkdtemp(prefix="gpu_bench_dry_run_")
     out = (
         Path(args.out)
         if args.out
