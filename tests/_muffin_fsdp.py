@@ -138,6 +138,13 @@ def main() -> None:
 
     wrapped = sorted({type(m).__name__ for m in trainer.model_wrapped.modules() if isinstance(m, FSDPModule)})
     state = trainer.accelerator.state
+
+    def local_bytes(t):  # this rank's share of a (possibly sharded) tensor
+        t = t.to_local() if hasattr(t, "to_local") else t
+        return t.numel() * t.element_size()
+
+    params = list(trainer.model_wrapped.parameters())
+    optim_state = [v for s in trainer.optimizer.state.values() for v in s.values() if torch.is_tensor(v) and v.dim()]
     result = {
         "rank": state.process_index,
         "world": state.num_processes,
@@ -147,6 +154,12 @@ def main() -> None:
         "rows_seen": seen,
         "grad_norms": [e["grad_norm"] for e in trainer.state.log_history if "grad_norm" in e],
         "lm_head_hooked": getattr(trainer.model_wrapped.lm_head, "_hf_ext_unshard_hook", None) is not None,
+        "num_params": sum(p.numel() for p in params),  # global sizes (DTensor.numel is the full tensor's)
+        "num_trainable": sum(p.numel() for p in params if p.requires_grad),
+        # AdamW creates its moments on a parameter's first gradient (BEiT-3's unused text embeddings get none)
+        "num_with_optimizer_state": sum(p.numel() for p in trainer.optimizer.state),
+        "local_param_bytes": sum(local_bytes(p) for p in params),
+        "local_optimizer_bytes": sum(local_bytes(v) for v in optim_state),
         "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model_wrapped.parameters()),
     }
     with open(f"{args.out}/result-{state.process_index}.json", "w") as f:

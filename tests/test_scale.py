@@ -173,6 +173,15 @@ def _check_same_run(one: dict, two: list[dict]) -> None:
         # same loss as one process at every step (step 2 checks the gradients and optimizer state of step 1)
         assert len(r["losses"]) == 2
         torch.testing.assert_close(torch.tensor(r["losses"]), torch.tensor(one["losses"]), rtol=2e-6, atol=0)
+    # memory: each rank holds 1/2 of the fp32 parameters (4 B each) and of AdamW's two fp32 moments (8 B per
+    # trainable parameter with a gradient); the single process all of them (the bytes per parameter of docs/scale.md)
+    assert one["local_param_bytes"] == 4 * one["num_params"]
+    assert 0.9 * one["num_trainable"] < one["num_with_optimizer_state"] <= one["num_trainable"]
+    assert one["local_optimizer_bytes"] == 8 * one["num_with_optimizer_state"]
+    assert all(r["num_params"] == one["num_params"] for r in two)
+    assert sum(r["local_param_bytes"] for r in two) == 4 * one["num_params"]
+    assert sum(r["local_optimizer_bytes"] for r in two) == 8 * one["num_with_optimizer_state"]
+    assert all(abs(r["local_param_bytes"] - 2 * one["num_params"]) < 0.02 * 2 * one["num_params"] for r in two)
     # the two ranks together saw exactly the single process's rows, step by step
     for step, rows in enumerate(one["rows_seen"]):
         assert sorted(two[0]["rows_seen"][step] + two[1]["rows_seen"][step]) == rows
