@@ -408,3 +408,46 @@ def test_gpu_benchmark_dry_run(tmp_path):
     assert results["quant"]["int8_weight_only"]["top1_agreement"] > 0.5
     table = (tmp_path / "results.md").read_text()
     assert "Dense DPO vs TRL" in table and "| dense_precomputed |" in table
+
+
+# ------------------------------------------------------------------------------------------ sharding helpers
+def test_num_padding_batches_by_hand():
+    from hf_ext.trainers.dense_dpo.sharding import num_padding_batches
+
+    # 9 rows, 2 ranks, batch 2: rank 0 gets rows 0,2,4,6,8 (3 batches), rank 1 rows 1,3,5,7 (2 batches)
+    assert [num_padding_batches(9, r, 2, 2) for r in range(2)] == [0, 1]
+    # 5 rows, 4 ranks, batch 1: ranks get 2,1,1,1 rows
+    assert [num_padding_batches(5, r, 4, 1) for r in range(4)] == [0, 1, 1, 1]
+    # fewer rows than ranks: the empty rank still joins the one forward
+    assert [num_padding_batches(1, r, 2, 4) for r in range(2)] == [0, 1]
+    assert [num_padding_batches(8, r, 2, 2) for r in range(2)] == [0, 0]
+    with pytest.raises(ValueError, match="rank"):
+        num_padding_batches(4, 2, 2, 1)
+
+
+def test_reference_hash_matches_trl_and_survives_fsdp2(gloo_group):
+    from torch.distributed.fsdp import fully_shard
+    from trl.trainer.utils import hash_module
+
+    from hf_ext.trainers.dense_dpo.sharding import is_sharded_module, reference_hash
+
+    name, model, _, layers = _tiny_models()[0]
+    plain = reference_hash(model)
+    assert plain == hash_module(model) and not is_sharded_module(model)
+    other = copy.deepcopy(model)
+    with torch.no_grad():
+        other.lm_head.weight[0, 0] += 1e-3
+    assert reference_hash(other) != plain
+    for module in [m for m in model.modules() if type(m).__name__ in layers]:
+        fully_shard(module)
+    fully_shard(model)
+    assert is_sharded_module(model) and reference_hash(model) == plain
+
+
+def test_lm_head_callback_is_a_no_op_without_fsdp():
+    from hf_ext.models.muffin import tiny_muffin
+    from hf_ext.utils.fsdp import unshard_lm_head_with_backbone
+
+    model, _ = tiny_muffin()
+    assert unshard_lm_head_with_backbone(model) is False
+    assert not model.model._forward_pre_hooks
