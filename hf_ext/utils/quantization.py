@@ -4,7 +4,7 @@
 modules kept in full precision. For Muffin and VisCPM-Chat the default keeps the **vision bridge** (BEiT-3
 `model.vision_tower` and `model.multi_modal_projector`, about 5 % of Muffin-13B's parameters) and `lm_head` out of
 quantisation: on the measurement in `benchmarks/quantization_muffin.py` quantising the bridge to int8 doubled the
-logit error of int8 weight-only quantisation (see docs/scale.md for the numbers and their caveat: random weights).
+logit error of int8 weight-only quantisation (2.5e-2 vs 1.2e-2) (see docs/scale.md for the numbers and their caveat: random weights).
 
     from hf_ext.utils.quantization import vlm_quantization_config
 
