@@ -1,10 +1,10 @@
 # Every target that needs Python creates .venv on first use and installs everything into it:
-# torch==2.13.0 first (the CPU build), then hf_ext with its `dev` extra.
+# torch==2.13.0 first (the CPU build), then hf_ext with its `dev` and `apps` extras.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.hf_ext_installed
 
-.PHONY: install demo test test-slow test-all lint format study clean poetry-corpus
+.PHONY: install demo test test-slow test-all test-peer lint format study clean poetry-corpus
 
 install: $(STAMP)
 
@@ -12,7 +12,8 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m pip install --quiet -e ".[dev,apps]"
+	$(PY) -m pip install --quiet --no-deps "torchscale>=0.2.0,<0.3"
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -29,6 +30,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(PY) -m pytest -n 2 --dist loadfile -q
+
+# transformers' own test mixins (from its source distribution on PyPI, fetched once into ~/.cache/hf_ext/peer) on
+# every hf_ext model type; its own directory and config, so `make test` never collects it (docs/conformance.md)
+test-peer: $(STAMP)
+	$(PY) -m pytest -c tests_peer/pytest.ini tests_peer -n 2 --dist loadfile -q -p no:cacheprovider
 
 lint: $(STAMP)
 	$(PY) -m ruff check .

@@ -9,13 +9,24 @@ loader functions that accept ``return_report=True``.
 Builders that convert local parquet files in a Hub dataset's schema row by row (RLHF-V, UniMM-Chat) subclass
 :class:`LocalParquetBuilder` and load through :func:`load_local_parquet`; every builder runs ``download_and_prepare``
 through :func:`prepare_builder`, which surfaces the builder's own errors instead of ``datasets``' wrapper.
+
+Shared guarantees (see :func:`resolve_data_files`, :func:`source_signature`, :func:`temporary_cache_dir`):
+``data_files`` may name files, directories or glob patterns; an Arrow cache in a ``cache_dir`` is keyed by every
+source file's path, size and modification time, so an edited file is always re-read; without ``cache_dir`` the cache
+lives in a temporary directory removed when the interpreter exits; a file that cannot be read is an error naming it;
+and a load that yields no rows is an error that keeps the bad-row report.
 """
 
 from __future__ import annotations
 
+import atexit
+import glob
+import hashlib
 import io
+import json
 import logging
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,6 +48,11 @@ __all__ = [
     "check_image",
     "load_local_parquet",
     "prepare_builder",
+    "check_idx",
+    "raise_if_empty",
+    "resolve_data_files",
+    "source_signature",
+    "temporary_cache_dir",
 ]
 
 OnBadRow = Literal["raise", "skip"]
@@ -117,6 +133,98 @@ def check_image(image: Any) -> tuple[dict[str, Any] | None, str | None]:
     return {"bytes": image["bytes"], "path": image.get("path")}, None
 
 
+def check_idx(idx: Any) -> str | None:
+    """``None`` if a row's ``idx`` is an integer, else the reason the row is bad (``idx`` is null or not an integer)."""
+    if idx is None:
+        return "`idx` is null (expected an integer)"
+    if isinstance(idx, bool) or not isinstance(idx, int):
+        return f"`idx` must be an integer, got {type(idx).__name__} {idx!r}"
+    return None
+
+
+def resolve_data_files(
+    data_files: str | os.PathLike | Sequence[str | os.PathLike],
+    what: str,
+    suffixes: Sequence[str] = (),
+) -> list[str]:
+    """Expand ``data_files`` into a list of absolute file paths.
+
+    Each entry is a file, a directory (its files ending in one of ``suffixes``, sorted, not recursive) or a glob
+    pattern (``*``, ``?``, ``[``; ``**`` is recursive). An entry that matches nothing raises a ``ValueError`` naming it
+    and ``what`` (e.g. ``"RLHF-V parquet files"``).
+    """
+    if isinstance(data_files, (str, os.PathLike)):
+        data_files = [data_files]
+    if not data_files:
+        raise ValueError(f"data_files is empty; pass {what} (files, directories or glob patterns).")
+    files: list[str] = []
+    for entry in data_files:
+        entry = os.path.expanduser(os.fspath(entry))
+        if os.path.isfile(entry):
+            files.append(str(Path(entry).resolve()))
+        elif os.path.isdir(entry):
+            found = sorted(
+                str(p.resolve())
+                for p in Path(entry).iterdir()
+                if p.is_file() and not p.name.startswith(".") and (not suffixes or p.name.lower().endswith(suffixes))
+            )
+            if not found:
+                raise ValueError(f"data_files: directory {entry} has no {' / '.join(suffixes) or ''} files ({what}).")
+            files += found
+        elif any(ch in entry for ch in "*?["):
+            found = sorted(str(Path(p).resolve()) for p in glob.glob(entry, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise ValueError(f"data_files: the pattern {entry!r} matches no file ({what}).")
+            files += found
+        else:
+            raise ValueError(f"data_files: {entry} does not exist (expected {what}: files, directories or globs).")
+    return list(dict.fromkeys(files))
+
+
+def source_signature(files: Sequence[str | os.PathLike]) -> str:
+    """A digest of every file's resolved path, size and modification time (ns): part of a builder's config, so the
+    Arrow cache of a ``cache_dir`` is rebuilt whenever a source file changes and is never served stale."""
+    entries = []
+    for f in files:
+        st = os.stat(f)
+        entries.append([str(Path(f).resolve()), st.st_size, st.st_mtime_ns])
+    return hashlib.sha256(json.dumps(entries).encode()).hexdigest()[:16]
+
+
+_TEMPORARY_DIRS: list[tuple[int, str]] = []
+
+
+def _remove_temporary_dirs() -> None:
+    for pid, path in _TEMPORARY_DIRS:
+        if pid == os.getpid():  # never from a forked child
+            shutil.rmtree(path, ignore_errors=True)
+
+
+atexit.register(_remove_temporary_dirs)
+
+
+def temporary_cache_dir(prefix: str) -> str:
+    """A fresh temporary directory for an Arrow cache; removed when the interpreter exits (the returned dataset is
+    memory-mapped from it until then). Pass ``cache_dir`` to a loader to keep the cache instead."""
+    path = tempfile.mkdtemp(prefix=prefix)
+    _TEMPORARY_DIRS.append((os.getpid(), path))
+    return path
+
+
+def raise_if_empty(builder: datasets.DatasetBuilder, what: str, files: Sequence[str], reports: Sequence[BadRowReport]):
+    """After ``download_and_prepare``: a ``ValueError`` when a split has no rows, naming the files and keeping the
+    bad-row report(s), instead of ``datasets``' ``Instruction "train" corresponds to no data!``."""
+    splits = builder.info.splits or {}
+    empty = [name for name, split in splits.items() if not split.num_examples]
+    if not splits or empty:
+        skipped = "\n".join(r.summary() for r in reports if len(r))
+        names = ", ".join(map(str, files[:5])) + (f" and {len(files) - 5} more" if len(files) > 5 else "")
+        raise ValueError(
+            f"{what}: no rows loaded{f' into split(s) {empty}' if empty else ''} from {names}"
+            + (f"; every row was bad and skipped:\n{skipped}" if skipped else " (the file(s) hold no rows).")
+        )
+
+
 def prepare_builder(builder: datasets.DatasetBuilder) -> None:
     """``builder.download_and_prepare()``, re-raising the builder's own ``ValueError`` (a :class:`BadRowError` or a
     bad file, each naming file and row) instead of ``datasets``' generic ``DatasetGenerationError`` wrapper."""
@@ -134,6 +242,7 @@ class LocalParquetConfig(datasets.BuilderConfig):
 
     parquet_files: tuple[str, ...] = ()
     on_bad_row: OnBadRow = "raise"
+    source_signature: str = ""  # path/size/mtime digest of the files (see `source_signature`): keys the cache
 
 
 class LocalParquetBuilder(datasets.GeneratorBasedBuilder):
@@ -173,7 +282,13 @@ class LocalParquetBuilder(datasets.GeneratorBasedBuilder):
         import pyarrow.parquet as pq
 
         for path in files:
-            parquet = pq.ParquetFile(path)
+            try:
+                parquet = pq.ParquetFile(path)
+            except Exception as e:  # pyarrow raises ArrowInvalid / OSError for empty, truncated or foreign files
+                raise ValueError(
+                    f"{path}: cannot be read as a parquet file ({type(e).__name__}: {e}); is it empty, truncated or "
+                    f"another format? Expected the {self.HUB_ID} parquet files."
+                ) from e
             missing = [c for c in self.REQUIRED_COLUMNS if c not in parquet.schema_arrow.names]
             if missing:
                 raise ValueError(
@@ -181,15 +296,47 @@ class LocalParquetBuilder(datasets.GeneratorBasedBuilder):
                     f"{list(self.REQUIRED_COLUMNS)}."
                 )
             name, row = os.path.basename(path), 0
-            for batch in parquet.iter_batches(batch_size=64, columns=list(self.REQUIRED_COLUMNS)):
+            for batch in self._batches(parquet, path):
                 for record in batch.to_pylist():
-                    example, reason = self._convert_row(record)
+                    reason = check_idx(record.get("idx")) if "idx" in self.REQUIRED_COLUMNS else None
+                    example, reason = (None, reason) if reason is not None else self._convert_row(record)
                     if reason is not None:
                         self.report.bad(name, row, record.get("idx"), reason)
                     else:
                         yield f"{name}-{row}", example
                     row += 1
         self.report.log(self.DISPLAY_NAME)
+
+    def _batches(self, parquet, path: str):
+        batches = parquet.iter_batches(batch_size=64, columns=list(self.REQUIRED_COLUMNS))
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                return
+            except Exception as e:  # a corrupt data page
+                raise ValueError(
+                    f"{path}: the parquet data cannot be read ({type(e).__name__}: {e}); the file is corrupt or "
+                    "truncated."
+                ) from e
+            yield batch
+
+
+_REPORT_FILE = "hf_ext_bad_rows.json"
+
+
+def _keep_report_with_cache(builder: LocalParquetBuilder) -> None:
+    """Store the bad-row report next to the Arrow cache when the files were converted, and read it back when the
+    cache was reused (nothing was re-read), so a cached load reports the same skipped rows."""
+    from hf_ext.utils.io import atomic_write
+
+    path = Path(builder.cache_dir) / _REPORT_FILE
+    if builder.report.rows:
+        with atomic_write(path, "w") as f:
+            json.dump([vars(r) for r in builder.report.rows], f, default=str)
+    elif path.is_file():
+        builder.report.rows = [BadRow(**r) for r in json.loads(path.read_text())]
+        builder.report.log(builder.DISPLAY_NAME)
 
 
 def load_local_parquet(
@@ -203,26 +350,32 @@ def load_local_parquet(
 ) -> datasets.Dataset | tuple[datasets.Dataset, BadRowReport]:
     """Build the ``train`` split of a :class:`LocalParquetBuilder` from local files (the ``load_*`` functions' body).
 
-    Checks that every file exists, builds in ``cache_dir`` or a fresh temporary directory (named ``tmp_prefix*``,
-    kept: the dataset is memory-mapped from it) so files are always re-read and bad rows always reported, and appends
-    the bad-row summary to ``dataset.info.description`` when rows were skipped. ``config_kwargs`` go to the builder's
+    Expands ``data_files`` (files, directories of ``*.parquet``, globs; see :func:`resolve_data_files`), builds in
+    ``cache_dir`` (the cache is keyed by the files' :func:`source_signature`, so an edited file is re-read) or in a
+    fresh temporary directory (named ``tmp_prefix*``, removed at interpreter exit; the dataset is memory-mapped from
+    it), raises a ``ValueError`` naming the files and keeping the bad-row report when no row is left, and appends the
+    bad-row summary to ``dataset.info.description`` when rows were skipped. ``config_kwargs`` go to the builder's
     config (fields a subclass of :class:`LocalParquetConfig` adds).
     """
-    if isinstance(data_files, (str, os.PathLike)):
-        data_files = [data_files]
-    files = tuple(str(Path(f).resolve()) for f in data_files)
-    for f in files:
-        if not os.path.isfile(f):
-            raise ValueError(
-                f"data_files: {f} does not exist (expected local {builder_cls.DISPLAY_NAME} parquet files)."
-            )
-    builder = builder_cls(
-        cache_dir=str(cache_dir) if cache_dir is not None else tempfile.mkdtemp(prefix=tmp_prefix),
-        parquet_files=files,
-        on_bad_row=on_bad_row,
-        **config_kwargs,
-    )
-    prepare_builder(builder)
+    what = f"local {builder_cls.DISPLAY_NAME} parquet files"
+    files = tuple(resolve_data_files(data_files, what, suffixes=(".parquet",)))
+    BadRowReport(on_bad_row)  # validates the value early
+    tmp = temporary_cache_dir(tmp_prefix) if cache_dir is None else None
+    try:
+        builder = builder_cls(
+            cache_dir=str(cache_dir) if cache_dir is not None else tmp,
+            parquet_files=files,
+            on_bad_row=on_bad_row,
+            source_signature=source_signature(files),
+            **config_kwargs,
+        )
+        prepare_builder(builder)
+        _keep_report_with_cache(builder)
+        raise_if_empty(builder, builder_cls.DISPLAY_NAME, files, [builder.report])
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     dataset = builder.as_dataset(split="train")
     if len(builder.report):
         dataset.info.description = f"{dataset.info.description}\n{builder.report.summary()}"

@@ -17,7 +17,7 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-__all__ = ["DenseDPOScriptArguments", "Subcommand", "dense_dpo_main", "main", "register_subcommand"]
+__all__ = ["DenseDPOScriptArguments", "Subcommand", "dense_dpo_main", "main", "register_subcommand", "run"]
 
 
 @dataclass(frozen=True)
@@ -98,17 +98,52 @@ def make_dense_dpo_parser(parser=None):
     return parser.add_parser("dense-dpo", help="RLHF-V dense DPO", dataclass_types=dataclass_types)
 
 
+def check_arguments(parser, argv: Sequence[str], required: Sequence[str] = ()) -> None:
+    """Report mistyped flags (on the command line or as keys of the ``--config`` file) and missing ``required``
+    arguments as usage errors (exit status 2) *before* the dataclasses are built, so the error of a dataclass's
+    ``__post_init__`` cannot hide them. ``parser`` is a :class:`trl.TrlParser`; only argparse runs here."""
+    args = list(argv)
+    unknown: list[str] = []
+    if "--config" in args:
+        import yaml
+
+        i = args.index("--config")
+        if i + 1 >= len(args):
+            parser.error("--config needs a YAML file path.")
+        config_path = args[i + 1]
+        del args[i : i + 2]
+        try:
+            with open(config_path) as f:
+                config = yaml.safe_load(f)
+        except OSError as e:
+            parser.error(f"--config {config_path}: {e.strerror}.")
+        if not isinstance(config, dict):
+            parser.error(f"--config {config_path} must contain a YAML mapping.")
+        known = {action.dest for action in parser._actions}
+        unknown += [f"{key} (in {config_path})" for key in config if key not in known and key != "env"]
+        parser.set_defaults(**{k: v for k, v in config.items() if k in known})
+    namespace, rest = parser.parse_known_args(args)
+    unknown += rest
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)} (see `{parser.prog} --help`).")
+    for name in required:
+        if not getattr(namespace, name, None):
+            parser.error(f"--{name} is required.")
+
+
 def dense_dpo_main(argv: Sequence[str] | None = None):
-    """``hf-ext dense-dpo``: parse arguments (flags and/or ``--config``), train, save the model and its card."""
+    """``hf-ext dense-dpo``: parse arguments (flags and/or ``--config``), train, save the model and its card.
+
+    Returns the trainer."""
     parser = make_dense_dpo_parser()
-    script_args, training_args, model_args = parser.parse_args_and_config(args=list(argv or []))
+    argv = list(argv or [])
+    check_arguments(parser, argv, required=("model_name_or_path",))
+    script_args, training_args, model_args = parser.parse_args_and_config(args=argv)
 
     from trl import get_peft_config
 
     from .trainers.dense_dpo import DenseDPOTrainer
 
-    if not model_args.model_name_or_path:
-        raise ValueError("--model_name_or_path is required (a local directory or a Hub id).")
     dataset = _load_dense_dpo_dataset(script_args)
     eval_dataset = None
     if script_args.eval_fraction > 0:
@@ -143,17 +178,29 @@ def dense_dpo_main(argv: Sequence[str] | None = None):
 
 
 register_subcommand("dense-dpo", "RLHF-V dense (token-weighted) DPO with DenseDPOTrainer", dense_dpo_main)
+# Gradio apps (the `apps` extra), imported only when run
+register_subcommand(
+    "annotate", "Correct a VLM's answers segment by segment into RLHF-V data", "hf_ext.apps.annotate:annotate_main"
+)
+register_subcommand("app", "Demo apps: chat | paint | poetry | vae (and --export_space)", "hf_ext.apps.demos:app_main")
 
 
 # ----------------------------------------------------------------------------- entry point
 
 
-def main(argv: Sequence[str] | None = None):
-    argv = list(sys.argv[1:] if argv is None else argv)
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hf-ext", description="hf_ext command line.")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for command in SUBCOMMANDS.values():
         sub.add_parser(command.name, help=command.help, add_help=False)
+    return parser
+
+
+def run(argv: Sequence[str] | None = None):
+    """Run ``hf-ext <argv>`` in this process and return what the subcommand returns (e.g. the trainer), ``None`` for
+    ``--help``. Unknown commands exit with status 2 (argparse)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = _parser()
     if not argv or argv[0] in ("-h", "--help"):
         parser.print_help()
         return None
@@ -162,5 +209,11 @@ def main(argv: Sequence[str] | None = None):
     return SUBCOMMANDS[argv[0]](argv[1:])
 
 
+def main(argv: Sequence[str] | None = None) -> int:
+    """The console script: :func:`run`, then exit status 0 (errors raise and exit non-zero)."""
+    run(argv)
+    return 0
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

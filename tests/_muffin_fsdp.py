@@ -98,7 +98,7 @@ def main() -> None:
     allow_fsdp_on_cpu()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     per_device = args.global_batch // world
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")  # TRL needs prompt-prefix-consistent rendering
     model.train()
     if args.mode == "sft":
         from trl import SFTConfig, SFTTrainer

@@ -95,7 +95,7 @@ def test_raise_names_file_and_row_and_keep_unclassified(corpus, tmp_path):
 
 
 def test_bad_files_are_named(tmp_path):
-    with pytest.raises(ValueError, match="does not exist; fetch the corpus with `make poetry-corpus`"):
+    with pytest.raises(ValueError, match="does not exist.*fetch the corpus with `make poetry-corpus`"):
         load_chinese_poetry(str(tmp_path / "missing.json"))
     bad = tmp_path / "dict.json"
     bad.write_text(json.dumps({"author": "x"}))

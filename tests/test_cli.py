@@ -36,7 +36,7 @@ def test_dense_dpo_flags(tmp_path, model_and_data):
     argv = ["dense-dpo", "--model_name_or_path", str(model_dir), "--data_files", str(data)]
     argv += ["--dataset_format", "preference", "--output_dir", str(out), "--max_steps", "2", "--dense_gamma", "3.0"]
     argv += ["--per_device_train_batch_size", "2", "--learning_rate", "1e-2", "--precompute_ref_log_probs", *COMMON]
-    trainer = cli.main(argv)
+    trainer = cli.run(argv)
     assert trainer.args.dense_gamma == 3.0 and trainer.state.global_step == 2
     trained = load_file(out / "model.safetensors")
     initial = load_file(model_dir / "model.safetensors")
@@ -68,7 +68,7 @@ def test_dense_dpo_yaml_config_and_override(tmp_path, model_and_data):
             }
         )
     )
-    trainer = cli.main(["dense-dpo", "--config", str(config), "--dense_gamma", "2.0"])
+    trainer = cli.run(["dense-dpo", "--config", str(config), "--dense_gamma", "2.0"])
     assert trainer.args.dense_gamma == 2.0  # the flag overrides the file
     assert trainer.args.dense_normalize is True
     assert (tmp_path / "out" / "adapter_config.json").exists()
@@ -77,15 +77,15 @@ def test_dense_dpo_yaml_config_and_override(tmp_path, model_and_data):
 def test_errors_and_registry(tmp_path, model_and_data):
     model_dir, _ = model_and_data
     with pytest.raises(ValueError, match="--data_files is required"):
-        cli.main(["dense-dpo", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path), *COMMON])
+        cli.run(["dense-dpo", "--model_name_or_path", str(model_dir), "--output_dir", str(tmp_path), *COMMON])
     with pytest.raises(SystemExit):
-        cli.main(["no-such-command"])
+        cli.run(["no-such-command"])
     with pytest.raises(ValueError, match="already registered"):
         cli.register_subcommand("dense-dpo", "again", lambda argv: None)
     calls = []
     cli.register_subcommand("echo-test", "test", lambda argv: calls.append(argv))
     try:
-        cli.main(["echo-test", "a", "b"])
+        assert cli.main(["echo-test", "a", "b"]) == 0
     finally:
         cli.SUBCOMMANDS.pop("echo-test")
     assert calls == [["a", "b"]]

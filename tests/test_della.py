@@ -385,3 +385,131 @@ def test_trainer_runs_with_cyclical_beta(tmp_path):
     assert logs and all(math.isfinite(h["loss"]) for h in logs if "loss" in h)
     metrics = trainer.evaluate()
     assert "eval_kl" in metrics and "eval_rec_loss" in metrics
+
+
+# ------------------------------------------------------------------------------------- transformers forward contract
+
+
+def _contract_inputs():
+    model = DellaForCausalLM(tiny_config(attn_implementation="eager")).eval()
+    activate_fusion(model)
+    ids, mask, labels = batch()
+    noise = torch.randn(ids.shape[0], 3, 6, generator=torch.Generator().manual_seed(1))
+    return model, ids, mask, labels, noise
+
+
+def test_return_dict_false_gives_the_outputs_tuple():
+    model, ids, mask, labels, noise = _contract_inputs()
+    with torch.no_grad():
+        as_dict = model(ids, attention_mask=mask, labels=labels, latent_noise=noise)
+        as_tuple = model(ids, attention_mask=mask, labels=labels, latent_noise=noise, return_dict=False)
+    assert isinstance(as_tuple, tuple) and not any(isinstance(x, str) for x in as_tuple)
+    loss, logits = as_tuple[:2]  # transformers' order: loss first, then logits
+    assert torch.equal(loss, as_dict.loss) and torch.equal(logits, as_dict.logits)
+    assert len(as_tuple) == len(as_dict.to_tuple())
+    model.config.return_dict = False  # the config-level switch too (the LM head still reads its backbone's fields)
+    with torch.no_grad():
+        from_config = model(ids, attention_mask=mask, labels=labels, latent_noise=noise)
+    model.config.return_dict = True
+    assert isinstance(from_config, tuple) and torch.equal(from_config[0], as_dict.loss)
+    base = model.transformer(ids, attention_mask=mask, return_dict=False)
+    assert isinstance(base, tuple) and torch.equal(base[0], model.transformer(ids, attention_mask=mask)[0])
+
+
+def test_hidden_states_and_attentions_are_returned():
+    model, ids, mask, labels, noise = _contract_inputs()
+    with torch.no_grad():
+        out = model(ids, attention_mask=mask, latent_noise=noise, output_hidden_states=True, output_attentions=True)
+    n_layer, t = model.config.n_layer, ids.shape[1]
+    assert len(out.hidden_states) == n_layer + 1 and len(out.attentions) == n_layer
+    positions = torch.arange(t)
+    torch.testing.assert_close(out.hidden_states[0], model.transformer.wte(ids) + model.transformer.wpe(positions))
+    # the last hidden state is after ln_f: the LM head on it gives the logits
+    torch.testing.assert_close(model.lm_head(out.hidden_states[-1]), out.logits)
+    attn = out.attentions[0]
+    assert attn.shape == (ids.shape[0], model.config.n_head, t, t)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(attn.shape[:-1]))
+    assert attn.triu(1).abs().max() == 0  # causal decoder pass
+    assert attn[0, :, :, t - 3 :].abs().max() == 0  # padding keys of row 0 get no weight
+
+
+def test_inputs_embeds_shift_labels_and_logits_to_keep():
+    model, ids, mask, labels, noise = _contract_inputs()
+    with torch.no_grad():
+        ref = model(ids, attention_mask=mask, labels=labels, latent_noise=noise)
+        emb = model(inputs_embeds=model.transformer.wte(ids), attention_mask=mask, labels=labels, latent_noise=noise)
+        shift = torch.nn.functional.pad(labels[:, 1:], (0, 1), value=-100)
+        shifted = model(ids, attention_mask=mask, shift_labels=shift, latent_noise=noise)
+        last = model(ids, attention_mask=mask, latent_noise=noise, logits_to_keep=1)
+    torch.testing.assert_close(emb.logits, ref.logits)
+    torch.testing.assert_close(emb.loss, ref.loss)
+    torch.testing.assert_close(shifted.loss, ref.loss)
+    torch.testing.assert_close(shifted.rec_loss, ref.rec_loss)
+    torch.testing.assert_close(last.logits, ref.logits[:, -1:])
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model(ids, attention_mask=mask, labels=labels, logits_to_keep=1)
+
+
+def test_official_flags_one_by_one():
+    """Each official flag on its own changes what it says, computed here independently."""
+    cfg = tiny_config(lmf_form="summed_factors", value_fusion="replace")
+    lmf = DellaForCausalLM(cfg).transformer.h[0].attn.lmf
+    assert not hasattr(lmf, "rank_weight") and not hasattr(lmf, "bias")
+    v, z = torch.randn(2, 3, 32), torch.randn(2, 1, 6)
+    one = torch.ones
+    by_hand = sum(torch.cat([v, one(2, 3, 1)], -1) @ lmf.value_factor[r] for r in range(2)) * sum(
+        torch.cat([z, one(2, 1, 1)], -1) @ lmf.latent_factor[r] for r in range(2)
+    )
+    torch.testing.assert_close(lmf(v, z), by_hand)
+    # free bits per row and layer vs on the batch mean
+    from hf_ext.models.della.modeling_della import kl_loss_with_free_bits
+
+    kl = torch.tensor([[0.5, 3.0], [2.0, 0.1]])
+    assert kl_loss_with_free_bits(kl, "mean", 1.0, "sample").item() == pytest.approx(
+        ((1.0 + 3.0) / 2 + (2.0 + 1.0) / 2) / 2
+    )
+    assert kl_loss_with_free_bits(kl, "mean", 1.0, "batch").item() == pytest.approx((1.25 + 1.55) / 2)
+    # the pad id in the labels: ignored only with ignore_pad_token_in_loss
+    ids, mask, _ = batch()
+    ids[1, 4] = 1  # pad id (1) as attended text
+    for flag in (False, True):
+        m = DellaForCausalLM(tiny_config(ignore_pad_token_in_loss=flag)).eval()
+        with torch.no_grad():
+            out = m(ids, attention_mask=mask, labels=ids, latent_noise=torch.zeros(3, 3, 6))
+        n_pad_labels = int((ids[:, 1:] == 1).sum())
+        assert int(out.num_tokens.sum()) == ids[:, 1:].numel() - (n_pad_labels if flag else 0)
+
+
+def test_generate_from_inputs_embeds_equals_from_ids():
+    model, ids, mask, labels, noise = _contract_inputs()
+    z = model.sample_latents(2, latent_noise=noise[:2])
+    prompt = ids[1:3, :3]
+    kw = dict(latents=z, max_new_tokens=4, do_sample=False, pad_token_id=1, eos_token_id=None)
+    with torch.no_grad():
+        from_ids = model.generate(prompt, **kw)
+        from_embeds = model.generate(inputs_embeds=model.transformer.wte(prompt), **kw)
+    # with embeddings only the new tokens come back, as for GPT-2
+    assert torch.equal(from_embeds, from_ids[:, prompt.shape[1] :])
+
+
+def test_past_key_values_is_a_deprecated_alias_of_cache():
+    model, ids, mask, labels, noise = _contract_inputs()
+    with torch.no_grad():
+        first = model(ids[:, :4], latents=noise, use_cache=True)
+        with pytest.warns(FutureWarning, match="past_key_values"):
+            nxt = model(ids[:, 4:5], latents=noise, past_key_values=first.cache, use_cache=True)
+        full = model(ids[:, :5], latents=noise)
+    torch.testing.assert_close(nxt.logits[:, -1], full.logits[:, 4])
+
+
+def test_separate_condition_encoding_needs_a_source_prefix():
+    model = DellaForConditionalGeneration(tiny_config(condition_encoding="separate")).eval()
+    ids, mask, labels = batch()
+    src = torch.zeros_like(mask)
+    src[:, :3] = 1
+    with torch.no_grad():
+        model(ids, attention_mask=mask, labels=labels, source_mask=src)  # a prefix: fine
+    src[1] = 0
+    src[1, 2:4] = 1  # not a prefix
+    with pytest.raises(ValueError, match="prefix"):
+        model(ids, attention_mask=mask, labels=labels, source_mask=src)

@@ -74,7 +74,7 @@ def test_span_token_mask_offsets():
 
 
 def test_collator_padding_and_weights():
-    collator = DataCollatorForDensePreference(pad_token_id=0, gamma=5.0)
+    collator = DataCollatorForDensePreference(pad_token_id=0)
     examples = [
         {"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5, 8, 6, 7, 9], "rejected_ids": [3, 4, 5, 6, 7, 9]},
         {"prompt_ids": [1], "chosen_ids": [3, 4, 5, 12, 6, 7, 9], "rejected_ids": [3, 4, 5, 11, 6, 7, 9]},
@@ -89,18 +89,17 @@ def test_collator_padding_and_weights():
         ]
     )
     assert torch.equal(batch["input_ids"], expected_ids)
-    expected_weights = torch.tensor(
+    expected_corrected = torch.tensor(
         [
-            [0, 0, 1, 1, 1, 1, 1, 1, 1],  # pure insertion (8): weight 1
-            [0, 1, 1, 1, 5, 1, 1, 1, 0],  # replacement 11 -> 12
-            [0, 0, 1, 1, 1, 1, 1, 1, 0],
-            [0, 1, 1, 1, 5, 1, 1, 1, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],  # pure insertion (8): not corrected
+            [0, 0, 0, 0, 1, 0, 0, 0, 0],  # replacement 11 -> 12
+            [0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 1, 0, 0, 0, 0],
         ],
-        dtype=torch.float32,
+        dtype=torch.bool,
     )
-    assert torch.equal(batch["token_weights"], expected_weights)
-    assert torch.equal(batch["corrected_mask"], expected_weights == 5)
-    assert "ref_token_logps" not in batch
+    assert torch.equal(batch["corrected_mask"], expected_corrected)
+    assert "ref_token_logps" not in batch and "token_weights" not in batch  # γ is applied by the trainer only
 
 
 # ---------------------------------------------------------------- trainer vs TRL
@@ -169,16 +168,23 @@ def test_eq5_by_hand(tmp_path, normalize):
         loss = trainer.compute_loss(trainer.model, dict(batch))
         pol, rf = token_logps(model, batch), token_logps(ref, batch)
     comp = batch["completion_mask"][:, 1:].bool()
-    ids = batch["input_ids"][:, 1:]
+    attended = batch["attention_mask"].bool()
     n = 4
     scores = {"pol": [], "ref": []}
     for i in range(n):
-        cho_ids, rej_ids = ids[i][comp[i]].tolist(), ids[n + i][comp[n + i]].tolist()
-        rej_w, cho_w = correction_weights(rej_ids, cho_ids, gamma)
+        # official weights: diff of the whole sequences minus their first token, kept on the completion positions
+        full_c, full_r = (
+            batch["input_ids"][i][attended[i]].tolist(),
+            batch["input_ids"][n + i][attended[n + i]].tolist(),
+        )
+        rej_w, cho_w = correction_weights(full_r[1:], full_c[1:], gamma)
+        cho_w = [w for w, m in zip(cho_w, comp[i][: len(cho_w)].tolist()) if m]
+        rej_w = [w for w, m in zip(rej_w, comp[n + i][: len(rej_w)].tolist()) if m]
         for name, lp in (("pol", pol), ("ref", rf)):
             pair = []
             for row, w in ((i, cho_w), (n + i, rej_w)):
                 values = lp[row][comp[row]].tolist()
+                assert len(values) == len(w)
                 unchanged = sum(v for v, wi in zip(values, w) if wi == 1.0)
                 corrected = sum(v for v, wi in zip(values, w) if wi == gamma)
                 n_u, n_c = sum(wi == 1.0 for wi in w), sum(wi == gamma for wi in w)
@@ -188,7 +194,7 @@ def test_eq5_by_hand(tmp_path, normalize):
     losses = []
     for (pc, pr), (rc, rr) in zip(scores["pol"], scores["ref"]):
         losses.append(-F.logsigmoid(torch.tensor(beta * ((pc - rc) - (pr - rr)), dtype=torch.float64)).item())
-    assert any(w == gamma for w in batch["token_weights"].flatten().tolist())
+    assert batch["corrected_mask"].any()
     assert loss.item() == pytest.approx(sum(losses) / n, abs=1e-5)
 
 
@@ -209,10 +215,11 @@ def test_sft_weight_and_fraction_metric(tmp_path):
             losses[sft] = trainer.compute_loss(trainer.model, dict(batch)).item()
     with torch.no_grad():
         pol = token_logps(model, batch)
-    chosen_scores = (pol * batch["token_weights"][:, 1:])[:4].sum(1)
+    weights = torch.where(batch["corrected_mask"], 3.0, 1.0) * batch["completion_mask"]
+    chosen_scores = (pol * weights[:, 1:])[:4].sum(1)
     assert losses[0.5] - losses[0.0] == pytest.approx(0.5 * -chosen_scores.mean().item(), abs=1e-5)
     comp = batch["completion_mask"][:, 1:].bool()
-    expected_fraction = (batch["token_weights"][:, 1:][comp] == 3.0).float().mean().item()
+    expected_fraction = batch["corrected_mask"][:, 1:][comp].float().mean().item()
     assert trainer._metrics["train"]["dense/weighted_token_fraction"][-1] == pytest.approx(expected_fraction)
     assert "dense/sft_loss" in trainer._metrics["train"]
 
@@ -234,7 +241,6 @@ def test_explicit_spans_map_to_tokens(tmp_path):
     for row, word in ((0, "green"), (1, "red")):
         flagged = batch["input_ids"][row][batch["corrected_mask"][row]]
         assert tok.decode(flagged).strip() == word
-        assert set(batch["token_weights"][row][batch["corrected_mask"][row]].tolist()) == {4.0}
 
     # conversational rows: the spans are located inside the chat-template rendering
     from datasets import Dataset
@@ -355,8 +361,6 @@ def test_lora(tmp_path):
 def test_bad_config():
     with pytest.raises(ValueError, match="dense_gamma"):
         DenseDPOConfig("x", dense_gamma=0.0, use_cpu=True, bf16=False)
-    with pytest.raises(ValueError, match="use_weighting"):
-        DenseDPOConfig("x", use_weighting=True, use_cpu=True, bf16=False)
     with pytest.raises(ValueError, match="dense_min_match"):
         DenseDPOConfig("x", dense_min_match=0, use_cpu=True, bf16=False)
 
@@ -499,3 +503,231 @@ def test_two_process_run(tmp_path):
     assert single.ref_model is None and a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+
+
+# ---------------------------------------------------------------- WPO and LD-DPO with dense weights
+
+
+def _expected_loss(policy, reference, batch, gamma, beta, normalize=False, wpo=False, ld_alpha=None):
+    """Dense DPO (+ WPO, + LD-DPO) from plain full-logit forwards, written out token by token (float64)."""
+
+    def per_token(model):
+        kwargs = {k: v for k, v in batch.items() if k in ("input_ids", "attention_mask")}
+        model.eval()
+        logp_all = model(**kwargs).logits.double()[:, :-1].log_softmax(-1)
+        labels = batch["input_ids"][:, 1:, None]
+        return logp_all.gather(-1, labels).squeeze(-1), torch.logsumexp(2 * logp_all, -1)
+
+    with torch.no_grad():
+        (pol, pol_lss), (ref, _) = per_token(policy), per_token(reference)
+    mask = batch["completion_mask"][:, 1:].bool()
+    corrected = batch["corrected_mask"][:, 1:]
+    n = mask.size(0) // 2
+    scores = {"pol": [], "ref": []}
+    wpo_weight = []
+    for row in range(2 * n):
+        positions = mask[row].nonzero().squeeze(1).tolist()
+        other = (row + n) % (2 * n)
+        shared = min(len(positions), int(mask[other].sum()))
+        w = [gamma if corrected[row, j] else 1.0 for j in positions]
+        norm = sum(w) if normalize else 1.0
+        for name, lp in (("pol", pol), ("ref", ref)):
+            total = 0.0
+            for k, (j, wj) in enumerate(zip(positions, w)):
+                factor = 1.0 if ld_alpha is None or k < shared else ld_alpha
+                total += wj * factor * lp[row, j].item() / norm
+            scores[name].append(total)
+        mean = sum(pol[row, j].item() - pol_lss[row, j].item() for j in positions) / len(positions)
+        wpo_weight.append(math.exp(mean))
+    losses = []
+    for i in range(n):
+        margin = (scores["pol"][i] - scores["ref"][i]) - (scores["pol"][n + i] - scores["ref"][n + i])
+        loss = -F.logsigmoid(torch.tensor(beta * margin, dtype=torch.float64)).item()
+        losses.append(loss * (wpo_weight[i] * wpo_weight[n + i] if wpo else 1.0))
+    return sum(losses) / n
+
+
+def _pair_of_trainers(tmp_path, model, ref, ds, tok, **options):
+    dense = DenseDPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DenseDPOConfig(**base_args(tmp_path / "dense"), **options),
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    return dense, dense.data_collator([dense.train_dataset[i] for i in range(4)])
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"use_weighting": True},
+        {"ld_alpha": 0.3},
+        {"use_weighting": True, "ld_alpha": 0.5, "dense_normalize": True},
+    ],
+    ids=["wpo", "ld_alpha", "wpo+ld_alpha+normalize"],
+)
+def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    ds = text_dataset()
+    gamma, beta = 3.0, 0.5
+    dense, batch = _pair_of_trainers(tmp_path, model, ref, ds, tok, dense_gamma=gamma, beta=beta, **options)
+    assert batch["corrected_mask"].any()
+    lengths = batch["completion_mask"].sum(1)
+    assert not torch.equal(lengths[:4], lengths[4:])  # LD-DPO has tails to down-weight
+    with torch.no_grad():
+        loss = dense.compute_loss(dense.model, dict(batch)).item()
+    expected = _expected_loss(
+        model,
+        ref,
+        batch,
+        gamma,
+        beta,
+        normalize=options.get("dense_normalize", False),
+        wpo=options.get("use_weighting", False),
+        ld_alpha=options.get("ld_alpha"),
+    )
+    assert loss == pytest.approx(expected, abs=1e-5)
+    # the option does change the loss (the test could fail)
+    plain = _expected_loss(model, ref, batch, gamma, beta, normalize=options.get("dense_normalize", False))
+    assert abs(expected - plain) > 1e-3
+
+
+@pytest.mark.parametrize("options", [{"use_weighting": True}, {"ld_alpha": 0.3}], ids=["wpo", "ld_alpha"])
+def test_wpo_and_ld_alpha_at_gamma_one_equal_trl(tmp_path, options):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    ds = text_dataset()
+    trl_trainer = DPOTrainer(
+        model=copy.deepcopy(model),
+        ref_model=copy.deepcopy(ref),
+        args=DPOConfig(**base_args(tmp_path / "trl"), **options),
+        train_dataset=ds,
+        processing_class=tok,
+    )
+    dense, dense_batch = _pair_of_trainers(tmp_path, model, ref, ds, tok, dense_gamma=1.0, **options)
+    trl_batch = trl_trainer.data_collator([trl_trainer.train_dataset[i] for i in range(4)])
+    trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
+    trl_loss.backward()
+    dense_loss = dense.compute_loss(dense.model, dense_batch)
+    dense_loss.backward()
+    assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
+    g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
+    assert g_trl.keys() == g_dense.keys() and g_trl
+    for name in g_trl:
+        torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("gamma", [1.0, 1.1])
+def test_train_with_wpo(tmp_path, gamma):
+    """Like TRL's `test_train_with_wpo`: training with `use_weighting=True` runs and moves every parameter."""
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    trainer = DenseDPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),  # TRL's test loads both from a Hub id; here an in-memory copy
+        args=DenseDPOConfig(
+            **base_args(tmp_path, max_steps=3, per_device_train_batch_size=2),
+            learning_rate=0.1,
+            use_weighting=True,
+            dense_gamma=gamma,
+        ),
+        train_dataset=text_dataset(),
+        processing_class=tok,
+    )
+    previous = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    assert trainer.state.log_history[-1]["train_loss"] is not None
+    assert math.isfinite(trainer.state.log_history[-1]["train_loss"])
+    for name, before in previous.items():
+        assert not torch.equal(before, trainer.model.get_parameter(name)), f"{name} has not changed"
+
+
+def test_precomputed_reference_with_ld_alpha_equals_live(tmp_path):
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ref = perturbed(model)
+    losses = {}
+    for precompute in (True, False):
+        trainer = DenseDPOTrainer(
+            model=copy.deepcopy(model),
+            ref_model=copy.deepcopy(ref),
+            args=DenseDPOConfig(
+                **base_args(tmp_path / str(precompute)),
+                dense_gamma=2.0,
+                ld_alpha=0.4,
+                dense_normalize=True,
+                precompute_ref_log_probs=precompute,
+                ref_logps_cache_dir=str(tmp_path / "cache"),
+            ),
+            train_dataset=text_dataset(),
+            processing_class=tok,
+        )
+        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+        with torch.no_grad():
+            losses[precompute] = trainer.compute_loss(trainer.model, dict(batch)).item()
+    assert losses[True] == pytest.approx(losses[False], abs=1e-5)
+
+
+def test_vlm_diff_runs_over_the_whole_sequence_with_image_tokens(tmp_path, vlm_data):
+    """VLM rows: the official diff sees prompt + expanded image placeholders + answer (left-padded prompts)."""
+    from hf_ext.demo import build_tiny_llava
+
+    model, processor = build_tiny_llava()
+    trainer = DenseDPOTrainer(
+        model=model,
+        ref_model=perturbed(model),
+        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
+        train_dataset=vlm_data,
+        processing_class=processor,
+    )
+    batch = trainer.data_collator([vlm_data[i] for i in range(4)])
+    image_id = model.config.image_token_id
+    n = 4
+    for i in range(n):
+        rows = []
+        for row in (i, n + i):
+            positions = batch["attention_mask"][row].nonzero().squeeze(1)
+            rows.append((positions, batch["input_ids"][row, positions].tolist()))
+        (pos_c, ids_c), (pos_r, ids_r) = rows
+        assert ids_c.count(image_id) > 1  # the placeholders are part of what is diffed
+        rej_w, cho_w = correction_weights(ids_r[1:], ids_c[1:], gamma=3.0)  # official: first token dropped
+        for row, positions, weights in ((i, pos_c, cho_w), (n + i, pos_r, rej_w)):
+            completion = batch["completion_mask"][row].bool()
+            expected = torch.zeros_like(completion)
+            expected[positions[1:]] = torch.tensor([w == 3.0 for w in weights])
+            assert torch.equal(batch["corrected_mask"][row], expected & completion)
+    assert batch["corrected_mask"].any()
+
+
+def test_precompute_really_frees_the_temporary_reference(tmp_path):
+    """The reference copy made for precomputation is garbage-collected (no handle left, e.g. in the accelerator)."""
+    import gc
+    import weakref
+
+    from hf_ext.trainers.dense_dpo import dense_dpo_trainer
+
+    copies = []
+    real_deepcopy = copy.deepcopy
+
+    def recording_deepcopy(obj, *args, **kwargs):
+        result = real_deepcopy(obj, *args, **kwargs)
+        if isinstance(result, torch.nn.Module):
+            copies.append(weakref.ref(result))
+        return result
+
+    tok = tiny_tokenizer()
+    with mock.patch.object(dense_dpo_trainer.copy, "deepcopy", side_effect=recording_deepcopy):
+        trainer = DenseDPOTrainer(
+            model=tiny_gpt2(tok),
+            args=DenseDPOConfig(**base_args(tmp_path), precompute_ref_log_probs=True),
+            train_dataset=text_dataset(),
+            processing_class=tok,
+        )
+    gc.collect()
+    assert len(copies) == 1  # the temporary reference
+    assert copies[0]() is None, gc.get_referrers(copies[0]())
+    assert trainer.ref_model is None and trainer.model is not None

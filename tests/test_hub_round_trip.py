@@ -120,7 +120,25 @@ def _build_elv_predictor():
     return model, None, {"input_ids": ids}, "AutoModel", "logits"
 
 
+def _build_cpmbee():
+    from pathlib import Path
+
+    from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeForCausalLM, CpmBeeTokenizer
+
+    tokenizer = CpmBeeTokenizer(str(Path(__file__).parent / "fixtures" / "cpmbee" / "vocab.txt"))
+    config = CpmBeeConfig(
+        vocab_size=tokenizer.vocab_size, hidden_size=32, dim_ff=64, num_hidden_layers=2, num_attention_heads=2,
+        dim_head=16, position_bias_num_buckets=32, position_bias_max_distance=128, position_bias_num_segment_buckets=80,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = CpmBeeForCausalLM(config).eval()
+    enc = tokenizer({"input": "今天天气不错 🍎", "<ans>": "好的"})
+    inputs = {k: v for k, v in enc.items() if k != "labels"}
+    return model, tokenizer, inputs, "AutoModelForCausalLM", "logits"
+
+
 BUILDERS = {
+    "cpmbee": _build_cpmbee,
     "elv_predictor": _build_elv_predictor,
     "della": _build_della,
     "trace": _build_trace,

@@ -56,7 +56,8 @@ def ci_forms():
 
 def tiny_model(tokenizer, **kwargs):
     torch.manual_seed(0)
-    config = JiugeConfig.from_tokenizer(tokenizer, n_embd=32, n_layer=2, n_head=2, n_positions=128, **kwargs)
+    kwargs.setdefault("n_positions", 128)
+    config = JiugeConfig.from_tokenizer(tokenizer, n_embd=32, n_layer=2, n_head=2, **kwargs)
     return JiugeForCausalLM(config).eval()
 
 
@@ -235,6 +236,46 @@ def test_loss_weights_argument_overrides_and_gradient_flows(tokenizer):
     assert model.transformer.wte.weight.grad is not None and model.transformer.wte.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match="loss_weights has shape"):
         model(input_ids=ids, labels=ids, loss_weights=ones[:, :-1])
+
+
+def test_forward_contract_return_dict_inputs_embeds_shift_labels(tokenizer):
+    model = tiny_model(tokenizer)
+    ids = torch.tensor([tokenizer(format_sample("五言绝句", "春晓", CORPUS[1])).input_ids])
+    labels = ids.clone()
+    labels[0, :3] = -100
+    out = model(input_ids=ids, labels=labels)
+    # return_dict=False: the same values as a tuple (loss, logits, ...), not the field names
+    as_tuple = model(input_ids=ids, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.loss)
+    torch.testing.assert_close(as_tuple[1], out.logits)
+    # inputs_embeds: the embedding lookup done by hand gives the same logits
+    with torch.no_grad():
+        by_embeds = model(inputs_embeds=model.transformer.wte(ids)).logits
+    torch.testing.assert_close(by_embeds, out.logits)
+    # shift_labels = labels shifted by hand (last position has no target): the same weighted and plain losses
+    shift = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+    shifted = model(input_ids=ids, labels=torch.zeros_like(labels), shift_labels=shift)
+    torch.testing.assert_close(shifted.loss, out.loss)
+    torch.testing.assert_close(shifted.lm_loss, out.lm_loss)
+    hidden = model(input_ids=ids, output_hidden_states=True, output_attentions=True)
+    assert len(hidden.hidden_states) == model.config.n_layer + 1
+
+
+def test_write_poem_rejects_bad_num_poems_and_forms_longer_than_the_context(tokenizer):
+    model = tiny_model(tokenizer)
+    for bad in (0, -2, 1.5, True):
+        with pytest.raises(ValueError, match=r"num_poems must be an integer >= 1, got"):
+            model.write_poem("五言绝句", "春", tokenizer=tokenizer, num_poems=bad)
+    short = tiny_model(tokenizer, n_positions=32)  # 七言律诗: 64 characters + [EOS] after the prompt
+    prompt_length = len(tokenizer(format_sample("七言律诗", "春")).input_ids)
+    needed = BUILTIN_FORMS["七言律诗"].body_length + 1
+    with pytest.raises(
+        ValueError, match=rf"needs {needed} tokens .* {prompt_length + needed} in all, .*n_positions=32"
+    ):
+        short.write_poem("七言律诗", "春", tokenizer=tokenizer)
+    with pytest.raises(ValueError, match="exceeds the model's context n_positions=128"):
+        model.write_poem("五言绝句", "春", tokenizer=tokenizer, constrained=False, max_new_tokens=200)
 
 
 # ---------------------------------------------------------------------------------------------------------------

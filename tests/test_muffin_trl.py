@@ -1,4 +1,7 @@
-"""Muffin trains with TRL 1.16 (fused LM head, vision preference collator) and with hf_ext's DenseDPOTrainer."""
+"""Muffin trains with TRL 1.16 (fused LM head, vision preference collator) and with hf_ext's DenseDPOTrainer.
+
+TRL renders prompts with `add_generation_prompt=True` and needs them to be a prefix of prompt + completion, so these
+tests use the `"muffin_v0"` template (the default, the original's formats, switches to the evaluation prompt)."""
 
 import copy
 
@@ -66,7 +69,7 @@ def _args(cls, tmp_path, **kw):
 def test_trl_dpo_trainer_logps_and_update(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")
     ref_chosen = _reference_logps(model, processor, CHOSEN)
     ref_rejected = _reference_logps(model, processor, REJECTED)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -95,7 +98,7 @@ def test_trl_dpo_trainer_logps_and_update(tmp_path):
 def test_dense_dpo_trainer_trains_muffin(tmp_path):
     import hf_ext.trainers.dense_dpo as dense  # hf_ext's own trainer: a broken import must fail, not skip
 
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")
     ref_chosen = _reference_logps(model, processor, CHOSEN)
     ref_rejected = _reference_logps(model, processor, REJECTED)
     # character spans of the assistant message text (the corrected segments of RLHF-V)
@@ -115,3 +118,22 @@ def test_dense_dpo_trainer_trains_muffin(tmp_path):
     assert logs["logps/rejected"] == pytest.approx(ref_rejected, rel=1e-4)
     assert logs["loss"] == pytest.approx(np.log(2), rel=1e-5)  # policy == reference at step 1: -log sigmoid(0)
     assert not torch.equal(model.model.query, before)
+
+
+def test_trl_dpo_with_per_row_template_on_the_default_processor(tmp_path):
+    """A processor with the original formats as default (converted checkpoints) trains with TRL when the rows name
+    the prefix-consistent `muffin_v0` template through TRL's `chat_template_kwargs` column."""
+    from trl import DPOConfig, DPOTrainer
+
+    model, processor = tiny_muffin()  # default template: muffin_original
+    _, v0 = tiny_muffin(chat_template="muffin_v0")
+    ref_chosen = _reference_logps(model, v0, CHOSEN)
+    trainer = DPOTrainer(
+        model=model,
+        ref_model=copy.deepcopy(model),
+        args=_args(DPOConfig, tmp_path),
+        train_dataset=_dataset(1, {"chat_template_kwargs": {"chat_template": "muffin_v0"}}),
+        processing_class=processor,
+    )
+    trainer.train()
+    assert trainer.state.log_history[0]["logps/chosen"] == pytest.approx(ref_chosen, rel=1e-4)

@@ -333,15 +333,16 @@ def test_lora_dense_dpo_on_int8_muffin(tmp_path):
     step 1 is at log 2 (the reference is the same model with the adapter off), the adapters move, the int8 base and
     the bridge do not."""
     pytest.importorskip("torchao")
+    # hf_ext's trainers before peft: on main, `import hf_ext; from peft import LoraConfig` is a circular import
+    from hf_ext import DenseDPOConfig, DenseDPOTrainer  # isort: skip
     from peft import LoraConfig
     from test_muffin_trl import CHOSEN, REJECTED, _dataset
     from transformers import AutoModelForImageTextToText
 
-    from hf_ext import DenseDPOConfig, DenseDPOTrainer
     from hf_ext.models.muffin import tiny_muffin
     from hf_ext.utils.quantization import vlm_quantization_config
 
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")
     model.save_pretrained(tmp_path / "muffin")
     quant = AutoModelForImageTextToText.from_pretrained(
         tmp_path / "muffin", quantization_config=vlm_quantization_config()

@@ -235,3 +235,69 @@ def test_text_vae_evaluate_module_matches_functions():
         mean.double(), logvar.double(), generator=torch.Generator().manual_seed(0)
     )
     assert out["mi"] == pytest.approx(expected_mi)
+
+
+def test_evaluate_text_vae_della_official_convention_by_hand():
+    """One batch, K = 1: the official estimators recomputed from the same two posterior draws."""
+    from torch.distributions import Normal
+
+    from hf_ext.metrics.text_vae import evaluate_text_vae
+    from hf_ext.models.della import DellaConfig, DellaForCausalLM
+
+    cfg = DellaConfig.from_original_defaults(
+        vocab_size=40, n_embd=16, n_layer=2, n_head=2, n_positions=16, latent_size=4, pad_token_id=1, free_bits=0.3
+    )
+    model = DellaForCausalLM(cfg).eval()
+    batch = next(iter(_tiny_loader()))
+    loader = [batch]
+    both = evaluate_text_vae(model, loader, num_importance_samples=1, convention="both", au_threshold=0.001)
+    textbook = evaluate_text_vae(model, loader, num_importance_samples=1, au_threshold=0.001)
+    official = evaluate_text_vae(
+        model, loader, num_importance_samples=1, convention="della_official", au_threshold=0.001
+    )
+    assert {k: both[k] for k in textbook} == textbook
+    assert {k: both[f"della_official_{k}"] for k in official} == official
+    # the same draws: seed 0 for the first pass (IW sample and AU sweep 1); with K = 1 the second sweep has seed 1
+    with torch.no_grad():
+        torch.manual_seed(0)
+        o1 = model(**batch)
+        torch.manual_seed(1)
+        o2 = model(**batch)
+    lo = o1.latent_output
+    n = batch["input_ids"].shape[0]
+    log_p = Normal(lo.prior_mean, torch.exp(0.5 * lo.prior_logvar)).log_prob(lo.latents).sum(-1).mean(1)
+    log_q = Normal(lo.posterior_mean, torch.exp(0.5 * lo.posterior_logvar)).log_prob(lo.latents).sum(-1).mean(1)
+    words = int(batch["attention_mask"].sum())
+    assert official["num_tokens"] == words
+    assert official["ppl"] == pytest.approx(math.exp(float((o1.rec_loss - log_p + log_q).sum()) / words), rel=1e-5)
+    assert official["nll"] == pytest.approx(float(o1.rec_loss.sum()) / n, rel=1e-5)
+    assert official["kl"] == pytest.approx(float(o1.kl_per_group.clamp(min=0.3).mean(1).sum()) / n, rel=1e-5)
+    assert official["elbo"] == pytest.approx(official["kl"] + official["nll"], rel=1e-12)
+    m1 = lo.posterior_mean_raw.flatten(1)
+    m2 = o2.latent_output.posterior_mean_raw.flatten(1)
+    var = ((m2 - m1.mean(0)) ** 2).sum(0) / (n - 1)
+    assert official["au"] == int((var >= 0.001).sum()) and official["latent_dims"] == 8
+    with pytest.raises(ValueError, match="convention"):
+        evaluate_text_vae(model, loader, convention="paper")
+
+
+def test_text_vae_evaluate_module_della_official_rules():
+    import evaluate
+
+    path = Path(__file__).resolve().parents[1] / "hf_ext" / "metrics" / "text_vae.py"
+    metric = evaluate.load(str(path))
+    # unit 0: values 0, 1 -> unbiased variance exactly 0.5 (the threshold); unit 1: variance 0
+    common = dict(
+        log_weights=[[-3.0], [-5.0]],
+        num_tokens=[2, 3],
+        kl=[1.0, 2.0],
+        rec=[4.0, 6.0],
+        posterior_mean=[[0.0, 1.0], [1.0, 1.0]],
+        posterior_logvar=[[0.0, 0.0], [0.0, 0.0]],
+        au_threshold=0.5,
+    )
+    textbook = metric.compute(**common)
+    official = metric.compute(**common, convention="della_official")
+    assert (textbook["au"], official["au"]) == (0, 1)  # `>` vs `>=`
+    assert textbook["elbo"] == pytest.approx(-6.5) and official["elbo"] == pytest.approx(6.5)
+    assert official["ppl"] == pytest.approx(math.exp(8.0 / 5))

@@ -261,6 +261,58 @@ def test_bad_input_errors():
         tiny_config(training_mode="fast")
 
 
+def test_default_config_is_gpt2_small_trace_and_auto_config_builds_it():
+    config = AutoConfig.for_model("trace")
+    assert isinstance(config, TraceConfig)
+    # GPT-2's BPE ids of ".", "?" and "!" (the GPT-2 tokenizer gives [13, 30, 0] for them)
+    assert config.separator_token_ids == [13, 30, 0]
+    assert (config.vocab_size, config.n_embd, config.n_layer) == (50257, 768, 12)
+    assert TraceConfig(separator_token_ids=[7]).separator_token_ids == [7]
+    with pytest.raises(ValueError, match="only GPT-2's vocabulary of 50257 tokens has a default"):
+        TraceConfig(vocab_size=100)
+
+
+def test_forward_contract_return_dict_outputs_inputs_embeds_shift_labels():
+    torch.manual_seed(0)
+    model = TraceForCausalLM(tiny_config(attn_implementation="eager")).eval()  # SDPA returns no attention weights
+    ids, mask, labels = batch()
+    z = model.encode(ids, mask, use_mean=True).latents
+    out = model(ids, attention_mask=mask, latents=z, labels=labels, output_hidden_states=True, output_attentions=True)
+    # return_dict=False: the values, in field order (loss, logits, ...), not the field names
+    as_tuple = model(ids, attention_mask=mask, latents=z, labels=labels, return_dict=False)
+    assert isinstance(as_tuple, tuple)
+    torch.testing.assert_close(as_tuple[0], out.loss)
+    torch.testing.assert_close(as_tuple[1], out.logits)
+    elbo = model(ids, attention_mask=mask, labels=labels, use_mean=True, return_dict=False)
+    torch.testing.assert_close(elbo[0], model(ids, attention_mask=mask, labels=labels, use_mean=True).loss)
+    assert len(out.hidden_states) == model.config.n_layer + 1
+    torch.testing.assert_close(out.hidden_states[0], model.transformer.wte(ids) + model.transformer.wpe.weight[:12])
+    assert len(out.attentions) == model.config.n_layer
+    # inputs_embeds with the segment index the tokens give: the same logits
+    index = compute_latent_index(ids, model.config)
+    by_embeds = model(
+        inputs_embeds=model.transformer.wte(ids), attention_mask=mask, latents=z, latent_index=index
+    ).logits
+    torch.testing.assert_close(by_embeds, out.logits)
+    with pytest.raises(ValueError, match="needs `latents`"):
+        model(inputs_embeds=model.transformer.wte(ids))
+    # shift_labels = labels shifted by hand replace labels (whatever labels say)
+    shift = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], -100)], dim=1)
+    shifted = model(ids, attention_mask=mask, latents=z, labels=torch.zeros_like(labels), shift_labels=shift)
+    torch.testing.assert_close(shifted.loss, out.loss)
+
+
+def test_orthogonal_init_under_fp16():
+    # QR has no half-precision CPU kernel: the initial idempotent projection is computed in float32 and cast
+    model = TraceForCausalLM._from_config(tiny_config(), dtype=torch.float16)
+    w = model.transformer.latent.transition_weight
+    assert w.dtype == torch.float16
+    w32 = w.float()
+    torch.testing.assert_close(w32 @ w32, w32, atol=1e-2, rtol=0)  # idempotent (up to fp16 rounding)
+    exact = TraceForCausalLM._from_config(tiny_config(transition="exact_idempotent"), dtype=torch.float16)
+    assert exact.transformer.latent.transition().dtype == torch.float16
+
+
 @pytest.mark.slow
 def test_example_script_trains_and_saves(tmp_path):
     import subprocess

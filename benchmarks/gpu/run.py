@@ -114,6 +114,7 @@ def build_muffin(size: dict, dtype: torch.dtype, device: str):
         image_processor=MuffinImageProcessor(size={"height": size["image"], "width": size["image"]}),
         tokenizer=tok,
         num_query=size["queries"],
+        chat_template="muffin_v0",  # prompt + completion renderings share the prompt (what TRL needs)
     )
     return model, processor
 

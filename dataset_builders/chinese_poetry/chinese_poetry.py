@@ -25,12 +25,11 @@ import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import datasets
 
-from dataset_builders._common import BadRowReport, OnBadRow, prepare_builder
+from dataset_builders._common import BadRowReport, OnBadRow, prepare_builder, raise_if_empty, resolve_data_files
 from hf_ext.models.jiuge.forms_jiuge import PUNCTUATION, classify_shi, is_hanzi, split_lines
 
 logger = datasets.logging.get_logger(__name__)
@@ -242,12 +241,11 @@ def load_chinese_poetry(
     """
     import tempfile
 
-    if isinstance(data_files, (str, os.PathLike)):
-        data_files = [str(data_files)]
-    if isinstance(data_files, list):
-        missing = [f for f in data_files if not any(ch in str(f) for ch in "*?[") and not Path(f).is_file()]
-        if missing:
-            raise ValueError(f"data_files: {missing[0]!r} does not exist; fetch the corpus with `make poetry-corpus`.")
+    what = "chinese-poetry JSON files (fetch the corpus with `make poetry-corpus`)"
+    if isinstance(data_files, dict):
+        data_files = {split: resolve_data_files(files, what, (".json",)) for split, files in data_files.items()}
+    else:
+        data_files = resolve_data_files(data_files, what, (".json",))
     with tempfile.TemporaryDirectory(prefix="chinese_poetry_") as tmp:
         builder = ChinesePoetry(
             cache_dir=str(cache_dir) if cache_dir is not None else tmp,
@@ -257,6 +255,8 @@ def load_chinese_poetry(
             on_bad_row=on_bad_row,
         )
         prepare_builder(builder)  # surfaces our errors (they name the file and row), not datasets' wrapper
+        files = data_files if isinstance(data_files, list) else [f for fs in data_files.values() for f in fs]
+        raise_if_empty(builder, "chinese_poetry", files, [builder.malformed, builder.unclassified])
         splits = builder.as_dataset(in_memory=True)
     dataset = splits["train"] if set(splits) == {"train"} else splits
     summary = builder.malformed.summary()

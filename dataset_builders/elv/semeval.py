@@ -27,7 +27,7 @@ from typing import Any
 
 import datasets
 
-from .._common import BadRowReport, OnBadRow, prepare_builder
+from .._common import BadRowReport, OnBadRow, prepare_builder, raise_if_empty, resolve_data_files
 
 __all__ = [
     "ABSA_LABELS",
@@ -358,6 +358,7 @@ class ELVTaskConfig(datasets.BuilderConfig):
 class _ELVTaskBuilder(datasets.GeneratorBasedBuilder):
     BUILDER_CONFIG_CLASS = ELVTaskConfig
     LABELS: tuple[str, ...] = ()
+    SUFFIXES: tuple[str, ...] = ()  # files taken from a directory given as data_files
     TASK = ""
 
     def __init__(self, *args, **kwargs):
@@ -395,6 +396,7 @@ class SemEval2010Task8(_ELVTaskBuilder):
     """SemEval-2010 Task 8 relation extraction (19 labels) in the ELV format, from local files."""
 
     LABELS = SEMEVAL2010_LABELS
+    SUFFIXES = (".txt", ".json")
 
     def _reader(self, path: str) -> Iterator[dict[str, Any]]:
         fmt = self.config.file_format or ("json" if path.lower().endswith(".json") else "semeval")
@@ -409,6 +411,7 @@ class SemEval2014Absa(_ELVTaskBuilder):
     """SemEval-2014 Task 4 aspect-term sentiment (Laptop / Restaurant; 3 labels) in the ELV format, from local files."""
 
     LABELS = ABSA_LABELS
+    SUFFIXES = (".xml", ".json", ".raw", ".txt")
 
     def _reader(self, path: str) -> Iterator[dict[str, Any]]:
         lower = path.lower()
@@ -439,10 +442,10 @@ def _load(
     data_files = {
         k: [str(v)] if isinstance(v, str | os.PathLike) else [str(p) for p in v] for k, v in data_files.items()
     }
-    for split, files in data_files.items():
-        for p in files:
-            if not os.path.isfile(p):
-                raise ValueError(f"data_files[{split!r}]: {p!r} does not exist.")
+    data_files = {
+        split: resolve_data_files(files, f"{builder_cls.__name__} data_files[{split!r}]", builder_cls.SUFFIXES)
+        for split, files in data_files.items()
+    }
     BadRowReport(on_bad_row)  # validates the value early
     # A fresh cache by default, so that the bad-row report always reflects this call's files.
     with tempfile.TemporaryDirectory(prefix="elv_builder_") as tmp:
@@ -450,6 +453,7 @@ def _load(
             cache_dir=cache_dir or tmp, data_files=data_files, on_bad_row=on_bad_row, file_format=file_format
         )
         prepare_builder(builder)  # surfaces our errors (they name file, row and reason), not datasets' wrapper
+        raise_if_empty(builder, builder_cls.__name__, [f for fs in data_files.values() for f in fs], [builder.report])
         ds = builder.as_dataset(in_memory=cache_dir is None)
     report = builder.report
     for split in ds.values():

@@ -7,6 +7,10 @@ Examples::
         examples/text_vae/train_text_vae.py --model della --train_file ../shared/data/yahoo/yahoo.valid.txt \
         --max_lines 2000 --n_layer 4 --n_embd 64 --output_dir out/della --max_steps 200
 
+    # DELLA as the official code computes it (every official flag) with the original beta rule
+    python examples/text_vae/train_text_vae.py --model della --official --beta_schedule della_original \
+        --train_file ../shared/data/yahoo/yahoo.valid.txt --max_lines 2000 --output_dir out/della_official
+
     # TRACE from a local GPT-2 checkpoint (its tokenizer must be saved next to it), sentence segments
     accelerate launch examples/text_vae/train_text_vae.py --model trace --backbone path/to/gpt2 \
         --train_file train.txt --eval_file valid.txt --output_dir out/trace --num_cycles 4 --free_bits 0.1
@@ -23,7 +27,7 @@ from pathlib import Path
 from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser
 
-from hf_ext.models.della import DellaConfig, DellaForCausalLM
+from hf_ext.models.della import ORIGINAL_DELLA_FLAGS, DellaConfig, DellaForCausalLM
 from hf_ext.models.trace import TraceConfig, TraceForCausalLM
 from hf_ext.testing_utils import tiny_bpe_tokenizer
 from hf_ext.trainers.text_vae import TextVAEConfig, TextVAETrainer
@@ -43,6 +47,10 @@ class ScriptArguments:
     n_head: int = field(default=4)
     latent_size: int = field(default=32)
     kl_reduction: str = field(default="sum", metadata={"choices": ["sum", "mean"]})
+    official: bool = field(
+        default=False,
+        metadata={"help": "DELLA: every flag of the official code (DellaConfig.from_original_defaults)"},
+    )
     segmentation: str = field(default="separator", metadata={"help": "TRACE: separator or fixed"})
     segment_length: int = field(default=16, metadata={"help": "TRACE: tokens per fixed segment"})
     training_mode: str = field(default="parallel", metadata={"help": "TRACE: parallel or sequential"})
@@ -93,6 +101,10 @@ def main() -> None:
     eval_ds = encode(read_lines(script.eval_file, script.max_lines)) if script.eval_file else None
 
     latent = dict(latent_size=script.latent_size, kl_reduction=script.kl_reduction)
+    if script.official:
+        if script.model != "della":
+            raise ValueError("--official applies to DELLA only (TRACE has no official code).")
+        latent = dict(ORIGINAL_DELLA_FLAGS, latent_size=script.latent_size)
     if script.model == "trace":
         seps = [tok.convert_tokens_to_ids(t) for t in ("Ġ.", "Ġ?", "Ġ!", ".", "?", "!")]
         seps = sorted({s for s in seps if s is not None and s != tok.unk_token_id})
@@ -117,7 +129,9 @@ def main() -> None:
         (TraceForCausalLM, TraceConfig) if script.model == "trace" else (DellaForCausalLM, DellaConfig)
     )
     if script.backbone:
-        model = model_cls.from_backbone(script.backbone, pad_token_id=tok.pad_token_id, **latent)
+        # the official code leaves its untied lm_head randomly initialised
+        extra = dict(init_lm_head=False) if script.official else {}
+        model = model_cls.from_backbone(script.backbone, pad_token_id=tok.pad_token_id, **latent, **extra)
     else:
         model = model_cls(config_cls(**size, **latent))
 

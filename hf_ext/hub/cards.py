@@ -16,12 +16,15 @@ from typing import Any
 
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
+from ..utils.checkpointing import SafeCheckpointMixin
+
 __all__ = [
     "FAMILIES",
     "PaperInfo",
     "create_dataset_card",
     "create_model_card",
     "family_for_model_type",
+    "task_auto_class",
     "template_path",
 ]
 
@@ -101,7 +104,7 @@ FAMILIES: dict[str, PaperInfo] = {
         ),
         tags=("hf_ext", "viscpm", "mpm", "multilingual"),
         pipeline_tag="image-text-to-text",
-        model_types=("viscpm_chat",),
+        model_types=("viscpm_chat", "cpmbee"),
     ),
     "iap": PaperInfo(
         family="iap",
@@ -264,10 +267,45 @@ def _format_config(training_config: Mapping[str, Any] | Any | None) -> str | Non
         return None
     if hasattr(training_config, "to_dict"):
         training_config = training_config.to_dict()
+    from ..utils.checkpointing import sanitize_local_paths
+
     keep = {
         k: v for k, v in dict(training_config).items() if isinstance(v, (str, int, float, bool, list)) or v is None
     }
-    return json.dumps(keep, indent=2, sort_keys=True, default=str)
+    return json.dumps(sanitize_local_paths(keep), indent=2, sort_keys=True, default=str)
+
+
+# Task Auto classes tried in order before falling back to `AutoModel` (the first whose mapping holds the class).
+_TASK_AUTO_CLASSES = (
+    "AutoModelForImageTextToText",
+    "AutoModelForCausalLM",
+    "AutoModelForSeq2SeqLM",
+    "AutoModelForSequenceClassification",
+    "AutoModelForTokenClassification",
+    "AutoModelForQuestionAnswering",
+    "AutoModelForMaskedLM",
+)
+
+
+def task_auto_class(model: Any) -> str:
+    """The name of the task Auto class that loads ``model``'s class (e.g. ``"AutoModelForCausalLM"`` for
+    ``GPT2LMHeadModel``), looked up in the Auto mappings by its config class (PEFT models are unwrapped);
+    ``"AutoModel"`` when no task class maps to it."""
+    import transformers
+
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    config = getattr(model, "config", None)
+    for name in _TASK_AUTO_CLASSES:
+        auto = getattr(transformers, name, None)
+        try:
+            mapped = auto._model_mapping[type(config)]
+        except (AttributeError, KeyError, ValueError):
+            continue
+        candidates = mapped if isinstance(mapped, (tuple, list)) else (mapped,)
+        if type(model) in candidates:
+            return name
+    return "AutoModel"
 
 
 def create_model_card(
@@ -282,6 +320,7 @@ def create_model_card(
     results: str | None = None,
     extra_tags: Sequence[str] = (),
     library_name: str = "transformers",
+    auto_class: str = "AutoModel",
 ) -> ModelCard:
     """Fill the card template of ``family``.
 
@@ -296,6 +335,8 @@ def create_model_card(
         description, results (`str`, *optional*): free text sections.
         extra_tags (`list[str]`, *optional*): tags added to the family's tags.
         library_name (`str`, *optional*, defaults to `"transformers"`): ``"diffusers"`` for pipelines.
+        auto_class (`str`, *optional*, defaults to `"AutoModel"`): the Auto class of the default ``how_to_load``
+            snippet (e.g. ``"AutoModelForCausalLM"``; see :func:`task_auto_class`).
     """
     info = FAMILIES.get(family)
     if info is None:
@@ -313,8 +354,8 @@ def create_model_card(
     if how_to_load is None:
         how_to_load = (
             "import hf_ext  # registers the hf_ext model types with the Auto classes\n"
-            "from transformers import AutoModel\n\n"
-            f'model = AutoModel.from_pretrained("{model_id}")'
+            f"from transformers import {auto_class}\n\n"
+            f'model = {auto_class}.from_pretrained("{model_id}")'
         )
     return ModelCard.from_template(
         card_data,
@@ -388,8 +429,12 @@ Rows that could not be converted: {bad_rows or "none"}.
     return DatasetCard(content)
 
 
-class HfExtModelCardMixin:
+class HfExtModelCardMixin(SafeCheckpointMixin):
     """Mixin for hf_ext trainers (``transformers.Trainer`` or TRL subclasses): their model card is hf_ext's.
+
+    It is also a :class:`~hf_ext.utils.checkpointing.SafeCheckpointMixin` (atomic checkpoints, resume skipping
+    incomplete ones, training arguments as JSON, pickle-free pushes, weights manifest). The card names the Hub repo
+    id (``hub_model_id``) when there is one, the task Auto class of the model, and no local path.
 
     Set ``_hf_ext_card_family`` on the trainer class (left empty, the family is inferred from the model's
     ``config.model_type``, e.g. ``della`` or ``trace``). ``Trainer.push_to_hub`` and ``save_model`` call
@@ -412,8 +457,9 @@ class HfExtModelCardMixin:
         base = getattr(getattr(model, "config", None), "_name_or_path", None) or None
         if base and Path(base).exists():
             base = None  # a local path is not a Hub id
-        hub_id = getattr(self.args, "hub_model_id", None)
-        model_id = model_name or hub_id or Path(self.args.output_dir).name
+        # the repository id once `push_to_hub` / `init_hf_repo` made one (TRL and Trainer pass only its last part)
+        hub_id = getattr(self, "hub_model_id", None) or getattr(self.args, "hub_model_id", None)
+        model_id = hub_id or model_name or Path(self.args.output_dir).name
         datasets = [dataset_name] if isinstance(dataset_name, str) else kwargs.get("dataset")
         extra = [tags] if isinstance(tags, str) else list(tags or [])
         family = self._hf_ext_card_family or family_for_model_type(
@@ -428,6 +474,7 @@ class HfExtModelCardMixin:
             datasets=datasets if isinstance(datasets, list) else ([datasets] if datasets else None),
             training_config=self.args,
             extra_tags=extra,
+            auto_class=task_auto_class(model) if model is not None else "AutoModel",
         )
         Path(self.args.output_dir).mkdir(parents=True, exist_ok=True)
         card.save(str(Path(self.args.output_dir) / "README.md"))

@@ -1,4 +1,4 @@
-"""A local server that speaks the Hugging Face Hub's HTTP protocol, for tests and benchmarks.
+r"""A local server that speaks the Hugging Face Hub's HTTP protocol, for tests and benchmarks.
 
 The Hub cannot be reached from CI, yet ``push_to_hub`` / ``from_pretrained`` / ``load_dataset`` must be exercised
 with the *real*, unpatched ``huggingface_hub`` client. :class:`LocalHub` implements the part of the protocol
@@ -12,8 +12,16 @@ those clients use, over plain HTTP on 127.0.0.1:
 * revisions: branches, tags and commit shas; an unknown one answers ``RevisionNotFound``;
 * files: ``HEAD`` / ``GET`` on ``resolve`` (with ``Range``), ``tree`` (recursive) and ``paths-info`` listings.
 
-It is not a Hub: there are no users, permissions, pull requests, Xet storage or rate limits. Clients must set
-``HF_HUB_DISABLE_XET=1`` (``LocalHub.env()`` returns the variables to set).
+Like the Hub it validates what clients send: repository names (``[\w.-]``, at most 96 characters, no ``--`` or
+``..``, not starting or ending with ``-`` or ``.``) and file paths in commits (relative, ``/``-separated, no ``..``,
+``.`` or empty segments, no backslashes, nothing under ``.git/``) are checked; a malformed request (bad JSON, a
+missing field) answers 400 with a JSON ``{"error": ...}``; given a ``token``, every write needs
+``Authorization: Bearer <token>`` (none: 401, another one: 403) and a wrong token is refused on reads too; LFS
+uploads go to a per-object signed URL handed out by the (authenticated) LFS batch call, so an anonymous ``PUT`` is
+refused.
+
+It is not a Hub: there is one user and no permissions beyond the token, no pull requests, Xet storage or rate
+limits. Clients must set ``HF_HUB_DISABLE_XET=1`` (``LocalHub.env()`` returns the variables to set).
 
 Example:
 
@@ -30,8 +38,11 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
+import hmac
 import json
 import os
+import re
+import secrets
 import threading
 import time
 from collections.abc import Iterator
@@ -46,6 +57,48 @@ _LFS_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".parquet", ".a
 _LFS_MIN_SIZE = 10 * 1024 * 1024  # like the Hub: large files go to LFS whatever their name
 _REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 _URL_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+
+
+_NAME_RE = re.compile(r"[\w](?:[\w.-]{0,94}[\w])?")
+
+
+def _check_name(name: Any, what: str = "repository name") -> str:
+    r"""A Hub namespace or repository name: ``[\w.-]``, 1-96 characters, no ``--``/``..``, no leading/trailing
+    ``-``/``.``."""
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or "--" in name or ".." in name:
+        raise _HubError(
+            400,
+            f"Invalid {what} {name!r}: use letters, digits, '-', '_' and '.', at most 96 characters, no '--' or '..', "
+            "not starting or ending with '-' or '.'.",
+            "InvalidRepoName",
+        )
+    return name
+
+
+def _check_repo_id(namespace: Any, name: Any) -> str:
+    return f"{_check_name(namespace, 'namespace')}/{_check_name(name)}"
+
+
+def _check_path(path: Any, folder: bool = False) -> str:
+    """A file path inside a repository: relative, ``/``-separated, no ``.``/``..``/empty segment, no backslash."""
+    if isinstance(path, str) and folder:
+        path = path.rstrip("/")
+    segments = path.split("/") if isinstance(path, str) else []
+    if (
+        not isinstance(path, str)
+        or not path
+        or "\\" in path
+        or "\0" in path
+        or any(seg in ("", ".", "..") for seg in segments)
+        or segments[0] == ".git"
+    ):
+        raise _HubError(
+            400,
+            f"Invalid path {path!r}: paths are relative, '/'-separated, without '..', '.', empty segments, "
+            "backslashes or a '.git' folder.",
+            "InvalidPath",
+        )
+    return path
 
 
 def _git_blob_sha1(content: bytes) -> str:
@@ -80,6 +133,10 @@ class _Repo:
     created_at: float = field(default_factory=time.time)
 
 
+class _BadRequest(Exception):
+    """A malformed request (answered 400 with a JSON error)."""
+
+
 class _HubError(Exception):
     def __init__(self, status: int, message: str, error_code: str | None = None):
         super().__init__(message)
@@ -93,12 +150,19 @@ class LocalHub:
         host (`str`, *optional*, defaults to `"127.0.0.1"`): the address to bind; loopback only by design.
         port (`int`, *optional*, defaults to `0`): `0` picks a free port.
         user (`str`, *optional*, defaults to `"hf-ext-tester"`): the name ``whoami`` returns.
+        token (`str`, *optional*): when given, writes (``POST`` / ``PUT`` / ``DELETE``) and ``whoami`` need
+            ``Authorization: Bearer <token>`` (missing: 401, another token: 403), and a request carrying another token
+            is refused (401) even for reads, as on the Hub. ``None`` (default): any token or none is accepted.
     """
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, user: str = "hf-ext-tester"):
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, user: str = "hf-ext-tester", token: str | None = None):
         if host not in ("127.0.0.1", "localhost", "::1"):
             raise ValueError(f"LocalHub only binds to loopback addresses, got host={host!r}.")
+        if token is not None and (not isinstance(token, str) or not token):
+            raise ValueError("LocalHub(token=...) must be a non-empty string or None.")
         self.user = user
+        self.token = token
+        self._upload_key = secrets.token_bytes(32)  # signs the LFS upload URLs handed out by the batch API
         self._repos: dict[tuple[str, str], _Repo] = {}
         self._blobs: dict[str, bytes] = {}  # sha256 -> content (committed files and verified LFS uploads)
         self._lock = threading.RLock()
@@ -138,7 +202,7 @@ class LocalHub:
             "HF_ENDPOINT": self.endpoint,
             "HF_HUB_DISABLE_XET": "1",
             "HF_HUB_OFFLINE": "0",
-            "HF_TOKEN": "hf_local_test_token",
+            "HF_TOKEN": self.token or "hf_local_test_token",
             "HF_HUB_DISABLE_TELEMETRY": "1",
         }
 
@@ -189,6 +253,9 @@ class LocalHub:
             key = "corrupt-" + hashlib.sha256(data).hexdigest()
             self._blobs[key] = data
             f.content_key = key
+
+    def _sign_upload(self, oid: str) -> str:
+        return hmac.new(self._upload_key, oid.encode(), hashlib.sha256).hexdigest()
 
     # ------------------------------------------------------------------ store logic
     def _get_repo(self, repo_type: str, repo_id: str) -> _Repo:
@@ -281,8 +348,9 @@ class LocalHub:
                         else value["content"].encode()
                     )
                     blob = self._store(content)
-                    files[value["path"]] = _File(blob, len(content), _git_blob_sha1(content), False)
+                    files[_check_path(value["path"])] = _File(blob, len(content), _git_blob_sha1(content), False)
                 elif key == "lfsFile":
+                    _check_path(value["path"])
                     oid = value["oid"]
                     if oid not in self._blobs:
                         raise _HubError(
@@ -294,11 +362,11 @@ class LocalHub:
                     content = self._blobs[oid]
                     files[value["path"]] = _File(oid, len(content), _git_blob_sha1(content), True)
                 elif key == "deletedFile":
-                    if value["path"] not in files:
+                    if _check_path(value["path"]) not in files:
                         raise _HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
                     del files[value["path"]]
                 elif key == "deletedFolder":
-                    prefix = value["path"].rstrip("/") + "/"
+                    prefix = _check_path(value["path"], folder=True) + "/"
                     for p in [p for p in files if p.startswith(prefix)]:
                         del files[p]
                 else:
@@ -351,6 +419,21 @@ class LocalHub:
                 hub.requests.append((method, self.path))
                 try:
                     self._route(method)
+                except (
+                    _BadRequest,
+                    json.JSONDecodeError,
+                    UnicodeDecodeError,
+                    KeyError,
+                    TypeError,
+                    AttributeError,
+                ) as e:
+                    # a malformed request (bad JSON, a missing or mistyped field): the client's fault, answered 400
+                    detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+                    message = f"Malformed request: {detail}"
+                    if method == "HEAD":
+                        self._send(400, b"", {"X-Error-Message": message, "X-Error-Code": "BadRequest"})
+                    else:
+                        self._json(400, {"error": message}, {"X-Error-Code": "BadRequest"})
                 except _HubError as e:
                     headers = {"X-Error-Message": e.message}
                     if e.error_code:
@@ -360,7 +443,7 @@ class LocalHub:
                     else:
                         self._json(e.status, {"error": e.message}, headers)
                 except Exception as e:  # pragma: no cover - a bug in the fake server must be visible
-                    self._json(500, {"error": f"{type(e).__name__}: {e}"})
+                    self._json(500, {"error": f"Internal error ({type(e).__name__})"})
 
             def do_GET(self):
                 self._dispatch("GET")
@@ -378,25 +461,54 @@ class LocalHub:
                 self._dispatch("DELETE")
 
             # -------------------------------------------------------------- routing
+            def _read_json(self) -> dict:
+                body = self._body()
+                try:
+                    obj = json.loads(body or b"{}")
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise _BadRequest(f"the body is not valid JSON ({e})") from None
+                if not isinstance(obj, dict):
+                    raise _BadRequest(f"expected a JSON object, got {type(obj).__name__}")
+                return obj
+
+            def _authorize(self, method: str, parts: list[str]) -> None:
+                if hub.token is None or parts[:1] == ["lfs-upload"]:  # uploads carry their own signature
+                    return
+                auth = self.headers.get("Authorization") or ""
+                given = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+                if given is not None and not hmac.compare_digest(given.encode(), hub.token.encode()):
+                    if given == "":
+                        given = None
+                    else:
+                        status = 403 if method in ("POST", "PUT", "DELETE") else 401
+                        raise _HubError(status, "Invalid credentials in Authorization header.", "Unauthorized")
+                needs_token = method in ("POST", "PUT", "DELETE") or parts[:2] == ["api", "whoami-v2"]
+                if given is None and needs_token:
+                    raise _HubError(
+                        401, "Authentication required: send `Authorization: Bearer <token>`.", "Unauthorized"
+                    )
+
             def _route(self, method: str):
                 url = urlsplit(self.path)
                 query = parse_qs(url.query)
                 parts = [p for p in url.path.split("/") if p != ""]
+                self._authorize(method, parts)
                 if parts[:1] == ["api"]:
                     return self._api(method, parts[1:], query)
                 if parts[:1] == ["lfs-upload"] and method == "PUT":
-                    return self._lfs_upload(parts[1])
+                    return self._lfs_upload(parts[1], query.get("signature", [""])[0])
                 repo_type = "model"
                 if parts and parts[0] in ("datasets", "spaces"):
                     repo_type = _REPO_TYPES[parts[0]]
                     parts = parts[1:]
                 if len(parts) >= 2 and parts[1].endswith(".git"):
-                    repo_id = f"{parts[0]}/{parts[1][:-4]}"
+                    repo_id = _check_repo_id(parts[0], parts[1][:-4])
                     if parts[2:] == ["info", "lfs", "objects", "batch"] and method == "POST":
                         return self._lfs_batch(repo_type, repo_id)
                 if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
-                    repo_id = f"{parts[0]}/{parts[1]}"
-                    return self._resolve_file(method, repo_type, repo_id, parts[3], "/".join(map(unquote, parts[4:])))
+                    repo_id = _check_repo_id(parts[0], parts[1])
+                    path = _check_path("/".join(map(unquote, parts[4:])))
+                    return self._resolve_file(method, repo_type, repo_id, parts[3], path)
                 raise _HubError(404, f"No route for {method} {url.path}", "EntryNotFound")
 
             def _api(self, method: str, parts: list[str], query):
@@ -415,28 +527,30 @@ class LocalHub:
                     self._body()
                     return self._json(200, {"errors": [], "warnings": []})
                 if parts == ["repos", "create"] and method == "POST":
-                    body = json.loads(self._body() or b"{}")
+                    body = self._read_json()
                     name, org = body.get("name"), body.get("organization")
                     repo_type = body.get("type") or "model"
                     if not name:
                         raise _HubError(400, "Missing repository name.")
-                    repo_id = f"{org or hub.user}/{name}"
+                    if repo_type not in _URL_PREFIX:
+                        raise _HubError(400, f"Invalid repository type {repo_type!r}.")
+                    repo_id = _check_repo_id(org or hub.user, name)
                     _, created = hub._create_repo(repo_type, repo_id)
                     url = f"{hub.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
                     if not created:
                         return self._json(409, {"error": "You already created this repo", "url": url})
                     return self._json(200, {"url": url, "name": repo_id})
                 if parts == ["repos", "delete"] and method == "DELETE":
-                    body = json.loads(self._body() or b"{}")
+                    body = self._read_json()
                     repo_type = body.get("type") or "model"
-                    repo_id = f"{body.get('organization') or hub.user}/{body['name']}"
+                    repo_id = _check_repo_id(body.get("organization") or hub.user, body["name"])
                     with hub._lock:
                         hub._get_repo(repo_type, repo_id)
                         del hub._repos[(repo_type, repo_id)]
                     return self._json(200, {})
                 if len(parts) >= 3 and parts[0] in _REPO_TYPES:
                     repo_type = _REPO_TYPES[parts[0]]
-                    repo_id = f"{parts[1]}/{parts[2]}"
+                    repo_id = _check_repo_id(unquote(parts[1]), unquote(parts[2]))
                     rest = parts[3:]
                     with hub._lock:
                         repo = hub._get_repo(repo_type, repo_id)
@@ -510,9 +624,10 @@ class LocalHub:
                     return self._json(200, log)
                 if op == "preupload" and method == "POST":
                     head = hub._resolve(repo, rest[1])
-                    body = json.loads(self._body())
+                    body = self._read_json()
                     files = []
                     for f in body.get("files", []):
+                        _check_path(f["path"])
                         lfs = f["path"].endswith(_LFS_SUFFIXES) or int(f.get("size", 0)) >= _LFS_MIN_SIZE
                         existing = head.files.get(f["path"])
                         oid = None
@@ -528,7 +643,17 @@ class LocalHub:
                         )
                     return self._json(200, {"files": files, "commitOid": head.sha})
                 if op == "commit" and method == "POST":
-                    lines = [json.loads(line) for line in self._body().splitlines() if line.strip()]
+                    lines = []
+                    for n, line in enumerate(self._body().splitlines()):
+                        if not line.strip():
+                            continue
+                        try:
+                            item = json.loads(line)
+                        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                            raise _BadRequest(f"commit line {n + 1} is not valid JSON ({e})") from None
+                        if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
+                            raise _BadRequest(f"commit line {n + 1} is not an object with a `value` object")
+                        lines.append(item)
                     commit = hub._apply_commit(repo, rest[1], lines)
                     url = f"{hub.endpoint}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.sha}"
                     return self._json(200, {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None})
@@ -536,7 +661,7 @@ class LocalHub:
                     name = unquote(rest[1])
                     with hub._lock:
                         if method == "POST":
-                            body = json.loads(self._body() or b"{}")
+                            body = self._read_json()
                             if name in repo.branches:
                                 raise _HubError(409, f"Branch {name!r} already exists.")
                             start = hub._resolve(repo, body.get("startingPoint") or "main")
@@ -550,7 +675,7 @@ class LocalHub:
                 if op == "tag" and len(rest) == 2:
                     with hub._lock:
                         if method == "POST":
-                            body = json.loads(self._body() or b"{}")
+                            body = self._read_json()
                             tag = body["tag"]
                             if tag in repo.tags:
                                 raise _HubError(409, f"Tag {tag!r} already exists.")
@@ -630,20 +755,28 @@ class LocalHub:
             def _lfs_batch(self, repo_type: str, repo_id: str):
                 with hub._lock:
                     hub._get_repo(repo_type, repo_id)
-                body = json.loads(self._body())
+                body = self._read_json()
                 objects = []
                 for obj in body.get("objects", []):
-                    entry = {"oid": obj["oid"], "size": obj["size"]}
-                    if obj["oid"] not in hub._blobs:
-                        entry["actions"] = {
-                            "upload": {"href": f"{hub.endpoint}/lfs-upload/{obj['oid']}", "header": {}}
-                        }
+                    oid = obj["oid"]
+                    if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{64}", oid):
+                        raise _BadRequest(f"LFS oid {oid!r} is not a sha256 hex digest")
+                    entry = {"oid": oid, "size": obj["size"]}
+                    if oid not in hub._blobs:
+                        href = f"{hub.endpoint}/lfs-upload/{oid}?signature={hub._sign_upload(oid)}"
+                        entry["actions"] = {"upload": {"href": href, "header": {}}}
                     objects.append(entry)
                 self._json(
                     200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
                 )
 
-            def _lfs_upload(self, oid: str):
+            def _lfs_upload(self, oid: str, signature: str):
+                if not hmac.compare_digest(signature.encode(), hub._sign_upload(oid).encode()):
+                    raise _HubError(
+                        403,
+                        "LFS uploads need the signed URL returned by the LFS batch API (an authenticated request).",
+                        "Unauthorized",
+                    )
                 data = self._body()
                 digest = hashlib.sha256(data).hexdigest()
                 if digest != oid:

@@ -13,9 +13,13 @@ _MODEL_PACKAGES: list[str] = [
     "trace",
     "beit3",
     "muffin",
+    "cpmbee",
     "viscpm_chat",
     "jiuge",
 ]
 
 for _name in _MODEL_PACKAGES:
     importlib.import_module(f"{__name__}.{_name}")
+
+# ELV's predictor (model type `elv_predictor`) lives with its trainer and registers itself there.
+importlib.import_module("hf_ext.trainers.elv")

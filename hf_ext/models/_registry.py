@@ -35,7 +35,7 @@ def register_model(
     unless the caller opts in with ``use_safetensors=False`` (see :mod:`hf_ext.hub.safety`).
     """
     from ..hub.remote_code import enable_remote_code_export
-    from ..hub.safety import enable_safe_loading
+    from ..hub.safety import enable_clear_config_errors, enable_safe_loading
 
     if getattr(config_class, "model_type", None) != model_type:
         raise ValueError(
@@ -61,6 +61,7 @@ def register_model(
             enable_remote_code_export(cls, model_type)
     for cls in (models or {}).values():
         enable_safe_loading(cls)
+    enable_clear_config_errors()
     _REGISTERED[model_type] = {
         "config": config_class,
         "models": dict(models or {}),

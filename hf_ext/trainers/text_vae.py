@@ -24,7 +24,15 @@ from ..hub.cards import HfExtModelCardMixin
 
 logger = logging.get_logger(__name__)
 
-__all__ = ["cyclical_beta", "CyclicalBetaCallback", "DataCollatorForTextVAE", "TextVAEConfig", "TextVAETrainer"]
+__all__ = [
+    "cyclical_beta",
+    "della_original_beta_schedule",
+    "CyclicalBetaCallback",
+    "DellaOriginalBetaCallback",
+    "DataCollatorForTextVAE",
+    "TextVAEConfig",
+    "TextVAETrainer",
+]
 
 
 def cyclical_beta(
@@ -58,6 +66,101 @@ def cyclical_beta(
     if ratio_increase > 0 and t < ratio_zero + ratio_increase:
         return beta_min + (beta_max - beta_min) * (t - ratio_zero) / ratio_increase
     return beta_max
+
+
+def _della_original_next_beta(
+    beta: float, epoch: int, cycle_epochs: int, steps_per_epoch: int, beta_min: float, beta_max: float
+) -> float:
+    half = cycle_epochs // 2
+    if epoch % cycle_epochs < half:
+        return beta_min
+    return min(beta_max, beta + (beta_max - beta_min) / (half * steps_per_epoch / 2))
+
+
+def della_original_beta_schedule(
+    gradient_accumulation_steps: int,
+    batches_per_epoch: int,
+    epochs: int,
+    cycle_epochs: int = 2,
+    beta_min: float = 1e-5,
+    beta_max: float = 1.0,
+) -> list[float]:
+    """The KL weight of every micro-batch under the official DELLA ``train.py --cycle_annealing`` rule.
+
+    beta starts at ``beta_min``; after every optimizer step of epoch ``e`` it becomes ``beta_min`` if
+    ``e % cycle_epochs < cycle_epochs // 2``, else ``min(beta_max, beta + (beta_max - beta_min) / ((cycle_epochs // 2)
+    * steps_per_epoch / 2))``. A micro-batch uses beta as it stands, so the first step of an epoch carries the
+    previous epoch's last value (beta = 1 opens each new cycle's first step). Cycles are counted in epochs (the
+    original's ``--cycle_iters``, 2 by default).
+
+    Args:
+        gradient_accumulation_steps (`int`): micro-batches per optimizer step.
+        batches_per_epoch (`int`): micro-batches per epoch (``steps_per_epoch = batches_per_epoch // ga``).
+        epochs (`int`): number of epochs.
+        cycle_epochs (`int`, *optional*, defaults to 2): epochs per cycle (``--cycle_iters``).
+        beta_min, beta_max (`float`, *optional*, default to 1e-5 and 1.0).
+    """
+    if gradient_accumulation_steps < 1 or batches_per_epoch < gradient_accumulation_steps or cycle_epochs < 2:
+        raise ValueError(
+            "Need gradient_accumulation_steps >= 1, batches_per_epoch >= gradient_accumulation_steps and "
+            f"cycle_epochs >= 2; got {gradient_accumulation_steps}, {batches_per_epoch}, {cycle_epochs}."
+        )
+    steps_per_epoch = batches_per_epoch // gradient_accumulation_steps
+    beta, out = beta_min, []
+    for epoch in range(epochs):
+        for i in range(batches_per_epoch):
+            out.append(beta)
+            if (i + 1) % gradient_accumulation_steps == 0:
+                beta = _della_original_next_beta(beta, epoch, cycle_epochs, steps_per_epoch, beta_min, beta_max)
+    return out
+
+
+class DellaOriginalBetaCallback(TrainerCallback):
+    """The official DELLA cyclical beta (see :func:`della_original_beta_schedule`) for a `Trainer`.
+
+    beta is set on ``model.kl_weight`` before each optimizer step and updated after it from the epoch of that step,
+    so each epoch's first step carries the previous value, as in the original. Cycles are counted in epochs.
+
+    Args:
+        cycle_epochs (`int`, *optional*, defaults to 2): epochs per cycle (the original's ``--cycle_iters``).
+        beta_min, beta_max (`float`, *optional*, default to 1e-5 and 1.0).
+        steps_per_epoch (`int`, *optional*): optimizer steps per epoch; default: from the trainer at train begin.
+    """
+
+    def __init__(
+        self,
+        cycle_epochs: int = 2,
+        beta_min: float = 1e-5,
+        beta_max: float = 1.0,
+        steps_per_epoch: int | None = None,
+    ):
+        if cycle_epochs < 2:
+            raise ValueError(f"`cycle_epochs` must be >= 2 (half the cycle at beta_min), got {cycle_epochs}.")
+        self.cycle_epochs = cycle_epochs
+        self.beta_min, self.beta_max = beta_min, beta_max
+        self.steps_per_epoch = steps_per_epoch
+        self.beta = beta_min
+
+    def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+        if self.steps_per_epoch is None:
+            if train_dataloader is not None and hasattr(train_dataloader, "__len__"):
+                self.steps_per_epoch = max(1, len(train_dataloader) // args.gradient_accumulation_steps)
+            elif state.num_train_epochs:
+                self.steps_per_epoch = max(1, state.max_steps // math.ceil(state.num_train_epochs))
+            else:
+                raise ValueError("DellaOriginalBetaCallback needs `steps_per_epoch` (no sized train dataloader).")
+        self.beta = self.beta_min
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        target = getattr(model, "module", model)
+        if target is not None:
+            target.kl_weight = self.beta
+
+    def on_step_end(self, args, state, control, **kwargs):
+        epoch = (state.global_step - 1) // self.steps_per_epoch  # epoch of the step just taken
+        self.beta = _della_original_next_beta(
+            self.beta, epoch, self.cycle_epochs, self.steps_per_epoch, self.beta_min, self.beta_max
+        )
 
 
 class CyclicalBetaCallback(TrainerCallback):
@@ -141,9 +244,13 @@ class TextVAEConfig(TrainingArguments):
     > Parameters that control the KL term
 
     Args:
-        beta_schedule (`str`, *optional*, defaults to `"cyclical"`): ``"cyclical"`` (DELLA's default) or ``"constant"``.
+        beta_schedule (`str`, *optional*, defaults to `"cyclical"`): ``"cyclical"`` (Fu et al.'s shape over optimizer
+            steps: ``num_cycles`` cycles over training), ``"della_original"`` (the official DELLA rule, cycles of
+            ``cycle_epochs`` epochs, beta carried into each new cycle's first step; see
+            :func:`della_original_beta_schedule`) or ``"constant"``.
         num_cycles (`int`, *optional*, defaults to 4): number of beta cycles over training (ignored when
-            ``cycle_steps`` is set). DELLA uses one cycle per 2 epochs.
+            ``cycle_steps`` is set). DELLA uses one cycle per 2 epochs (``beta_schedule="della_original"``).
+        cycle_epochs (`int`, *optional*, defaults to 2): epochs per cycle of ``"della_original"`` (``--cycle_iters``).
         cycle_steps (`int`, *optional*): steps per cycle.
         beta_min (`float`, *optional*, defaults to 1e-5), beta_max (`float`, *optional*, defaults to 1.0): the range.
         ratio_zero (`float`, *optional*, defaults to 0.5), ratio_increase (`float`, *optional*, defaults to 0.25):
@@ -152,8 +259,10 @@ class TextVAEConfig(TrainingArguments):
     """
 
     beta_schedule: str = field(
-        default="cyclical", metadata={"help": "KL weight schedule.", "choices": ["cyclical", "constant"]}
+        default="cyclical",
+        metadata={"help": "KL weight schedule.", "choices": ["cyclical", "della_original", "constant"]},
     )
+    cycle_epochs: int = field(default=2, metadata={"help": "Epochs per cycle of beta_schedule='della_original'."})
     num_cycles: int = field(default=4, metadata={"help": "Beta cycles over training (if cycle_steps is unset)."})
     cycle_steps: int | None = field(default=None, metadata={"help": "Steps per beta cycle."})
     beta_min: float = field(default=1e-5, metadata={"help": "Lowest KL weight of a cycle."})
@@ -166,8 +275,10 @@ class TextVAEConfig(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
-        if self.beta_schedule not in ("cyclical", "constant"):
-            raise ValueError(f"`beta_schedule` must be 'cyclical' or 'constant', got {self.beta_schedule!r}.")
+        if self.beta_schedule not in ("cyclical", "della_original", "constant"):
+            raise ValueError(
+                f"`beta_schedule` must be 'cyclical', 'della_original' or 'constant', got {self.beta_schedule!r}."
+            )
         if self.free_bits is not None and self.free_bits < 0:
             raise ValueError(f"`free_bits` must be >= 0, got {self.free_bits}.")
 
@@ -201,6 +312,11 @@ class TextVAETrainer(HfExtModelCardMixin, Trainer):
                 beta_max=args.beta_max,
                 ratio_zero=args.ratio_zero,
                 ratio_increase=args.ratio_increase,
+            )
+            self.add_callback(self.beta_callback)
+        elif args.beta_schedule == "della_original":
+            self.beta_callback = DellaOriginalBetaCallback(
+                cycle_epochs=args.cycle_epochs, beta_min=args.beta_min, beta_max=args.beta_max
             )
             self.add_callback(self.beta_callback)
         else:

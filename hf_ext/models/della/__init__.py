@@ -1,7 +1,7 @@
 """DELLA: layer-wise latent variable Transformer VAE (Hu et al., NAACL 2022)."""
 
 from .._registry import register_model
-from .configuration_della import DellaConfig
+from .configuration_della import ORIGINAL_DELLA_FLAGS, DellaConfig
 from .modeling_della import (
     DellaForCausalLM,
     DellaForConditionalGeneration,
@@ -15,6 +15,7 @@ register_model("della", DellaConfig, models={"AutoModel": DellaModel, "AutoModel
 
 __all__ = [
     "DellaConfig",
+    "ORIGINAL_DELLA_FLAGS",
     "DellaModel",
     "DellaPreTrainedModel",
     "DellaForCausalLM",

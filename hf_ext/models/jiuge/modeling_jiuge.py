@@ -15,8 +15,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from transformers import GPT2LMHeadModel, GPT2Model, GPT2PreTrainedModel, LogitsProcessorList
+from transformers.cache_utils import Cache
 from transformers.modeling_outputs import CausalLMOutputWithCrossAttentions
+from transformers.modeling_utils import slice_logits_to_keep
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_jiuge import JiugeConfig
 from .forms_jiuge import BUILTIN_FORMS, PoemForm
@@ -76,27 +80,38 @@ def form_stressed_weights(tokens: torch.LongTensor, config: JiugeConfig) -> torc
 
 def weighted_lm_loss(
     logits: torch.FloatTensor,
-    labels: torch.LongTensor,
+    labels: torch.LongTensor | None,
     weights: torch.FloatTensor | None,
     normalization: str = "tokens",
     ignore_index: int = -100,
+    shift_labels: torch.LongTensor | None = None,
 ) -> torch.FloatTensor:
-    """Shifted causal-LM cross-entropy with per-label weights.
+    """Causal-LM cross-entropy with per-label weights.
 
     ``loss = sum_t w_t * CE_t / N`` over labelled positions ``t`` (labels ``!= ignore_index``), with ``N`` the
     number of labelled positions (``normalization="tokens"``) or ``sum_t w_t`` (``"weights"``). With
-    ``weights=None`` it is the usual mean cross-entropy. ``weights`` is aligned with ``labels`` (the weight of the
-    token as a label), like ``labels`` before the shift.
+    ``weights=None`` it is the usual mean cross-entropy. ``labels`` are shifted by one inside and ``weights`` is
+    aligned with them (the weight of the token as a label), like ``labels`` before the shift. ``shift_labels``
+    (already aligned with ``logits``, as sequence-parallel trainers pass them) replace ``labels``; ``weights`` is then
+    aligned with ``shift_labels``.
     """
-    shift_logits = logits[:, :-1, :].float()
-    shift_labels = labels[:, 1:]
-    mask = shift_labels != ignore_index
+    if shift_labels is not None:
+        if shift_labels.shape != logits.shape[:2]:
+            raise ValueError(
+                f"shift_labels has shape {tuple(shift_labels.shape)} but the logits cover {tuple(logits.shape[:2])}."
+            )
+        step_logits, targets = logits.float(), shift_labels
+        aligned_weights = weights
+    else:
+        step_logits, targets = logits[:, :-1, :].float(), labels[:, 1:]
+        aligned_weights = None if weights is None else weights[:, 1:]
+    mask = targets != ignore_index
     ce = F.cross_entropy(
-        shift_logits.reshape(-1, shift_logits.size(-1)),
-        shift_labels.reshape(-1).masked_fill(~mask.reshape(-1), 0),
+        step_logits.reshape(-1, step_logits.size(-1)),
+        targets.reshape(-1).masked_fill(~mask.reshape(-1), 0),
         reduction="none",
-    ).view_as(shift_labels)
-    w = mask.float() if weights is None else weights[:, 1:].float() * mask
+    ).view_as(targets)
+    w = mask.float() if aligned_weights is None else aligned_weights.float() * mask
     total = (w * ce).sum()
     if normalization == "tokens":
         return total / mask.sum().clamp(min=1)
@@ -148,42 +163,79 @@ class JiugeForCausalLM(GPT2LMHeadModel):
         super().__init__(config)
         self.tokenizer = None  # set with `set_tokenizer` or loaded lazily by `write_poem`
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
-        *args: Any,
+        cache: Cache | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.LongTensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         labels: torch.LongTensor | None = None,
+        use_cache: bool | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         loss_weights: torch.FloatTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
         **kwargs: Any,
     ) -> JiugeCausalLMOutput:
         r"""
         Args:
-            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): unified samples.
+            input_ids (`torch.LongTensor` of shape `(batch_size, sequence_length)`): unified samples (or pass
+                `inputs_embeds`).
             labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): ``input_ids`` with
                 ``-100`` at positions left out of the loss (padding, optionally the prompt); shifted inside.
+            shift_labels (`torch.LongTensor` of shape `(batch_size, sequence_length)`, *optional*): targets already
+                aligned with the logits (sequence-parallel training); they replace `labels`.
             loss_weights (`torch.FloatTensor` of shape `(batch_size, sequence_length)`, *optional*): per-label
-                weights overriding the form-stressed ones.
-            args, kwargs: passed to `GPT2LMHeadModel.forward` in its order (``cache``, ``attention_mask``, ...).
+                weights overriding the form-stressed ones, aligned with `labels` (or with `shift_labels`).
+            cache, attention_mask, token_type_ids, position_ids, inputs_embeds, use_cache, logits_to_keep: as in
+                [`GPT2LMHeadModel`]; `return_dict`, `output_hidden_states` and `output_attentions` are honoured.
         """
-        kwargs.pop("return_dict", None)
-        outputs = super().forward(input_ids, *args, labels=None, **kwargs)
+        outputs = self.transformer(
+            input_ids,
+            cache=cache,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            use_cache=use_cache,
+            return_dict=True,
+            **kwargs,
+        )
+        logits = self.lm_head(slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep))
         loss = lm_loss = None
-        if labels is not None:
-            if loss_weights is not None and loss_weights.shape != labels.shape:
-                raise ValueError(f"loss_weights has shape {tuple(loss_weights.shape)}, labels {tuple(labels.shape)}.")
-            lm_loss = weighted_lm_loss(outputs.logits, labels, None)
+        if labels is not None or shift_labels is not None:
+            targets = shift_labels if shift_labels is not None else labels
+            if loss_weights is not None and loss_weights.shape != targets.shape:
+                name = "shift_labels" if shift_labels is not None else "labels"
+                raise ValueError(
+                    f"loss_weights has shape {tuple(loss_weights.shape)}, {name} {tuple(targets.shape)}; they must "
+                    "match."
+                )
+            lm_loss = weighted_lm_loss(logits, labels, None, shift_labels=shift_labels)
             if loss_weights is None and self.config.use_form_weighting:
-                tokens = labels if input_ids is None else torch.where(labels == -100, input_ids, labels)
+                if input_ids is None:
+                    tokens = targets
+                elif shift_labels is not None:
+                    # position t of shift_labels is token t + 1 of the text
+                    next_ids = torch.cat([input_ids[:, 1:], input_ids[:, -1:]], dim=1)
+                    tokens = torch.where(shift_labels == -100, next_ids, shift_labels)
+                else:
+                    tokens = torch.where(labels == -100, input_ids, labels)
                 loss_weights = form_stressed_weights(tokens, self.config)
             loss = (
                 lm_loss
                 if loss_weights is None
-                else weighted_lm_loss(outputs.logits, labels, loss_weights, self.config.loss_normalization)
+                else weighted_lm_loss(
+                    logits, labels, loss_weights, self.config.loss_normalization, shift_labels=shift_labels
+                )
             )
         return JiugeCausalLMOutput(
             loss=loss,
             lm_loss=lm_loss,
-            logits=outputs.logits,
+            logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
@@ -271,18 +323,32 @@ class JiugeForCausalLM(GPT2LMHeadModel):
         Returns:
             `str` or `list[str]`: the poem body (or bodies), e.g. ``"白日依山尽，黄河入海流。…"``.
         """
+        if isinstance(num_poems, bool) or not isinstance(num_poems, int) or num_poems < 1:
+            raise ValueError(f"write_poem: num_poems must be an integer >= 1, got {num_poems!r}.")
         tokenizer = self._resolve_tokenizer(tokenizer)
         poem_form = self.get_form(form)
         prompt = tokenizer(format_sample(poem_form.name, title), return_tensors="pt").to(self.device)
+        prompt_length = prompt["input_ids"].shape[1]
+        needed = poem_form.body_length + 1
+        if prompt_length + needed > self.config.n_positions:
+            raise ValueError(
+                f"write_poem: {poem_form.name} needs {needed} tokens (body + [EOS]) after a prompt of {prompt_length} "
+                f"tokens, {prompt_length + needed} in all, but the model's context is n_positions="
+                f"{self.config.n_positions}. Use a shorter form or title, or a model with a longer context."
+            )
         if constrained:
             processors = LogitsProcessorList([PoemFormLogitsProcessor.from_tokenizer(poem_form, tokenizer)])
             processors.extend(generate_kwargs.pop("logits_processor", None) or [])
             generate_kwargs["logits_processor"] = processors
-        needed = poem_form.body_length + 1
         if max_new_tokens is None:
-            max_new_tokens = needed if constrained else 2 * needed
+            max_new_tokens = needed if constrained else min(2 * needed, self.config.n_positions - prompt_length)
         elif constrained and max_new_tokens < needed:
             raise ValueError(f"max_new_tokens={max_new_tokens} is too short for {poem_form.name} (needs {needed}).")
+        if prompt_length + max_new_tokens > self.config.n_positions:
+            raise ValueError(
+                f"write_poem: max_new_tokens={max_new_tokens} after a prompt of {prompt_length} tokens exceeds the "
+                f"model's context n_positions={self.config.n_positions}; lower max_new_tokens."
+            )
         sampling = {"top_k": top_k, "top_p": top_p, "temperature": temperature} if do_sample else {}
         out = self.generate(
             **prompt,

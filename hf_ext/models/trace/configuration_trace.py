@@ -12,6 +12,10 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# GPT-2's BPE ids of ".", "?" and "!": the sentence ends that close a segment with the default (GPT-2) vocabulary
+GPT2_SENTENCE_END_IDS = [13, 30, 0]
+GPT2_VOCAB_SIZE = 50257
+
 _CHOICES = {
     "segmentation": ("separator", "fixed"),
     "training_mode": ("parallel", "sequential"),
@@ -42,7 +46,10 @@ class TraceConfig(GPT2Config):
         latent_lmf_rank (`int`, *optional*, defaults to 4): rank of the low-rank tensor product fusing z into values.
         segmentation (`str`, *optional*, defaults to `"separator"`): ``"separator"`` (a segment ends with any token of
             `separator_token_ids`, e.g. sentence ends) or ``"fixed"`` (every `segment_length` tokens).
-        separator_token_ids (`list[int]`, *optional*): token ids that close a segment (``"separator"`` mode).
+        separator_token_ids (`list[int]`, *optional*): token ids that close a segment (``"separator"`` mode). When
+            omitted with GPT-2's vocabulary (``vocab_size=50257``, the default) they are GPT-2's ids of ``.``, ``?``
+            and ``!`` (``[13, 30, 0]``), so ``TraceConfig()`` is the GPT-2-small TRACE; with another vocabulary they
+            must be given.
         segment_length (`int`, *optional*, defaults to 16): tokens per segment (``"fixed"`` mode); must fit the context.
         max_segments (`int`, *optional*, defaults to 64): most segments a text may have (bad input beyond it raises);
             also the number of latents drawn for generation.
@@ -94,10 +101,13 @@ class TraceConfig(GPT2Config):
         for name, allowed in _CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TraceConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}.")
+        if self.segmentation == "separator" and not self.separator_token_ids and self.vocab_size == GPT2_VOCAB_SIZE:
+            self.separator_token_ids = list(GPT2_SENTENCE_END_IDS)
         if self.segmentation == "separator" and not self.separator_token_ids:
             raise ValueError(
                 "TraceConfig.segmentation='separator' needs `separator_token_ids` (e.g. the ids of '.', '?', '!'); "
-                "or use segmentation='fixed' with `segment_length`."
+                f"or use segmentation='fixed' with `segment_length` (only GPT-2's vocabulary of {GPT2_VOCAB_SIZE} "
+                "tokens has a default)."
             )
         if self.segment_length < 1 or self.segment_length > self.n_positions:
             raise ValueError(

@@ -10,6 +10,8 @@ DELLA's, imported relatively from ``..della`` (same authors, same family).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 from transformers import GenerationMixin, GPT2LMHeadModel
@@ -18,8 +20,12 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
+from transformers.utils.deprecation import deprecate_kwarg
+from transformers.utils.generic import can_return_tuple
+from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
 from ..della.modeling_della import (
+    DellaAttention,
     DellaBlock,
     DellaLatentOutput,
     DellaPreTrainedModel,
@@ -38,6 +44,11 @@ class TracePreTrainedModel(DellaPreTrainedModel):
     config: TraceConfig
     config_class = TraceConfig
     _no_split_modules = ["DellaBlock"]
+    # hidden states and attentions of the decoder pass (the posterior's encoder pass is not recorded)
+    _can_record_outputs = {
+        "hidden_states": DellaBlock,
+        "attentions": OutputRecorder(DellaAttention, index=1),
+    }
 
     def _init_weights(self, module: nn.Module) -> None:
         super()._init_weights(module)
@@ -71,15 +82,23 @@ class TraceLatentModule(nn.Module):
             self.transition_v = nn.Parameter(torch.empty(p, r))
 
     def initial_projection(self) -> torch.Tensor:
+        """A random rank-r orthogonal projection ``Q Q^T`` (idempotent), in the dtype of the transition weight.
+
+        The QR factorisation runs in float32 (CPU kernels exist for no half type) and is cast back.
+        """
         p, r = self.config.latent_size, self.config.effective_transition_rank
-        q, _ = torch.linalg.qr(torch.randn(p, r))
-        return q @ q.T
+        device = self.transition_weight.device
+        q, _ = torch.linalg.qr(torch.randn(p, r, dtype=torch.float32, device=device))
+        return (q @ q.T).to(self.transition_weight.dtype)
 
     def transition(self) -> torch.Tensor:
         """The matrix W of ``z_k = W z_{k-1} + e_k``."""
         if self.config.transition == "free":
             return self.transition_weight
         u, v = self.transition_u, self.transition_v
+        if u.dtype in (torch.float16, torch.bfloat16):
+            # the solve has no half-precision kernels: compute it in float32
+            return (u.float() @ torch.linalg.solve(v.float().T @ u.float(), v.float().T)).to(u.dtype)
         return u @ torch.linalg.solve(v.T @ u, v.T)
 
     def idempotence_gap(self) -> torch.Tensor:
@@ -103,13 +122,63 @@ def segment_ids(input_ids: torch.Tensor, attention_mask: torch.Tensor | None, co
     return torch.where(mask, seg, torch.full_like(seg, -1))
 
 
-def compute_latent_index(input_ids: torch.Tensor, config: TraceConfig) -> torch.Tensor:
-    """Which segment latent the decoder uses at each position: the segment of the *next* token."""
+def compute_latent_index(
+    input_ids: torch.Tensor | None, config: TraceConfig, position_ids: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Which segment latent the decoder uses at each position: the segment of the *next* token.
+
+    ``"separator"`` segmentation needs ``input_ids``; ``"fixed"`` segmentation only needs the positions
+    (``position_ids``, defaulting to ``0..seq-1`` of ``input_ids``).
+    """
     if config.segmentation == "separator":
+        if input_ids is None:
+            raise ValueError(
+                "With segmentation='separator' the segment of each position depends on the tokens: pass `input_ids`, "
+                "or `latent_index` together with `inputs_embeds`."
+            )
         is_sep = torch.isin(input_ids, torch.tensor(config.separator_token_ids, device=input_ids.device))
         return torch.cumsum(is_sep.long(), dim=1)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    return (positions + 1) // config.segment_length
+    if position_ids is None:
+        if input_ids is None:
+            raise ValueError("compute_latent_index needs `input_ids` or `position_ids`.")
+        position_ids = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return (position_ids + 1) // config.segment_length
+
+
+def trace_token_nll(
+    logits: torch.Tensor, labels: torch.Tensor | None, shift_labels: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-sequence summed next-token NLL and number of targets (``-100`` ignored).
+
+    ``labels`` are shifted by one inside; ``shift_labels`` (already aligned with ``logits``, as sequence-parallel
+    trainers pass them) replace ``labels`` entirely and are not shifted.
+    """
+    if shift_labels is None:
+        return token_nll(logits, labels)
+    if shift_labels.shape != logits.shape[:2]:
+        raise ValueError(
+            f"`shift_labels` has shape {tuple(shift_labels.shape)} but the logits cover {tuple(logits.shape[:2])}; "
+            "they must be aligned position by position."
+        )
+    nll = nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
+    ).view(shift_labels.shape)
+    return nll.sum(1), (shift_labels != -100).sum(1)
+
+
+@dataclass
+class TraceOutput(TextVAEOutput):
+    """[`TextVAEOutput`] plus the decoder pass's hidden states and attentions.
+
+    Args:
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`): the
+            embeddings and each layer's output of the decoder pass, each `(batch, seq, hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`): each layer's
+            attention weights of the decoder pass, `(batch, heads, seq, seq)`.
+    """
+
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class TraceModel(TracePreTrainedModel):
@@ -135,14 +204,22 @@ class TraceModel(TracePreTrainedModel):
     def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
         self.wte = new_embeddings
 
-    def _embed(self, input_ids, position_ids, cache):
-        inputs_embeds = self.wte(input_ids)
+    def _embed(self, input_ids, position_ids, cache, inputs_embeds=None):
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
+        if inputs_embeds is None:
+            inputs_embeds = self.wte(input_ids)
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
-            position_ids = (torch.arange(input_ids.shape[1], device=input_ids.device) + past).unsqueeze(0)
-        if int(position_ids.max()) >= self.config.max_position_embeddings:
+            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
+            last = past + inputs_embeds.shape[1] - 1  # known from the shapes (no data-dependent check: exportable)
+        elif torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            last = None  # given positions: a data-dependent check cannot be traced
+        else:
+            last = int(position_ids.max())
+        if last is not None and last >= self.config.max_position_embeddings:
             raise ValueError(
-                f"The sequence is longer than the context: position {int(position_ids.max())} >= "
+                f"The sequence is longer than the context: position {last} >= "
                 f"n_positions={self.config.max_position_embeddings}. Truncate the text."
             )
         return inputs_embeds, position_ids, inputs_embeds + self.wpe(position_ids)
@@ -273,6 +350,8 @@ class TraceModel(TracePreTrainedModel):
             posterior_logvar=q_logvar,
         )
 
+    @capture_outputs
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -282,16 +361,26 @@ class TraceModel(TracePreTrainedModel):
         cache: Cache | None = None,
         use_cache: bool | None = None,
         position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
         **kwargs,
     ) -> BaseModelOutputWithPast:
-        """Causal decoder pass. ``latents``: ``(batch, K, latent_size)``; ``latent_index``: ``(batch, seq)``, which
-        latent each position uses (default: computed from ``input_ids``, valid without a cache)."""
-        if input_ids is None:
-            raise ValueError("TraceModel.forward needs `input_ids`.")
+        r"""Causal decoder pass given segment latents.
+
+        Args:
+            input_ids (`torch.LongTensor` of shape `(batch, seq)`, *optional*): the tokens (or `inputs_embeds`).
+            attention_mask (`torch.Tensor` of shape `(batch, seq)`, *optional*): 1 for real tokens, 0 for padding.
+            latents (`torch.FloatTensor` of shape `(batch, K, latent_size)`, *optional*): segment latents; without
+                them the pass is plain GPT-2.
+            latent_index (`torch.LongTensor` of shape `(batch, seq)`, *optional*): which latent each position uses;
+                computed from `input_ids` (``"separator"`` segmentation) or the positions (``"fixed"``) when omitted.
+            cache (`Cache`, *optional*), use_cache (`bool`, *optional*), position_ids (`torch.LongTensor`,
+                *optional*), inputs_embeds (`torch.FloatTensor` of shape `(batch, seq, hidden_size)`, *optional*):
+                as in GPT-2. `output_hidden_states` / `output_attentions` / `return_dict` are honoured.
+        """
         use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
         if use_cache and cache is None:
             cache = DynamicCache(config=self.config)
-        inputs_embeds, position_ids, hidden = self._embed(input_ids, position_ids, cache)
+        inputs_embeds, position_ids, hidden = self._embed(input_ids, position_ids, cache, inputs_embeds)
         causal_mask = create_causal_mask(
             config=self.config,
             inputs_embeds=inputs_embeds,
@@ -302,7 +391,7 @@ class TraceModel(TracePreTrainedModel):
         token_latent = None
         if latents is not None:
             if latent_index is None:
-                latent_index = compute_latent_index(input_ids, self.config)
+                latent_index = compute_latent_index(input_ids, self.config, position_ids.expand(hidden.shape[:2]))
             index = latent_index.clamp(max=latents.shape[1] - 1)
             token_latent = torch.gather(latents, 1, index.unsqueeze(-1).expand(-1, -1, latents.shape[-1]))
             if self.config.latent_injection == "embedding":
@@ -381,6 +470,8 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
         model.tie_weights()
         return model
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -394,15 +485,36 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
         kl_weight: float | None = None,
         use_mean: bool = False,
         training_mode: str | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
         **kwargs,
-    ) -> TextVAEOutput:
-        """Encode (unless ``latents`` is given), decode, and compute the ELBO loss when ``labels`` are given.
+    ) -> TraceOutput:
+        r"""Encode (unless ``latents`` is given), decode, and compute the ELBO loss when ``labels`` are given.
 
-        ``training_mode`` overrides ``config.training_mode`` (``"parallel"`` / ``"sequential"``) for this call. The
-        loss adds ``idempotent_penalty * ||W^2 - W||_F^2`` for a free transition.
+        Args:
+            labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): next-token targets, shifted inside
+                (``-100`` is ignored).
+            shift_labels (`torch.LongTensor` of shape `(batch, seq)`, *optional*): targets already aligned with the
+                logits (sequence-parallel training); they replace `labels` in the reconstruction term.
+            latents (`torch.FloatTensor` of shape `(batch, K, latent_size)`, *optional*): decode with these latents
+                instead of encoding the text (then the loss has no KL term).
+            inputs_embeds (`torch.FloatTensor`, *optional*): instead of `input_ids`; the posterior needs the tokens,
+                so `latents` must be given with it.
+            training_mode (`str`, *optional*): overrides ``config.training_mode`` (``"parallel"`` /
+                ``"sequential"``) for this call.
+            kl_weight (`float`, *optional*), use_mean (`bool`, *optional*, defaults to `False`): the KL weight
+                (defaults to ``self.kl_weight``) and whether to use the posterior means instead of samples.
+
+        The loss adds ``idempotent_penalty * ||W^2 - W||_F^2`` for a free transition. `return_dict`,
+        `output_hidden_states` and `output_attentions` are honoured (decoder pass).
         """
         latent_out = valid = None
         if latents is None:
+            if input_ids is None and inputs_embeds is not None:
+                raise ValueError(
+                    "TraceForCausalLM.forward with `inputs_embeds` needs `latents`: the posterior segments the text "
+                    "by its tokens. Encode first (`model.encode(input_ids)`) or pass `input_ids`."
+                )
             _check_text_inputs(input_ids, attention_mask, "TraceForCausalLM.forward")
             feats, valid, _ = self.transformer.segment_features(input_ids, attention_mask)
             latent_out = self.transformer.latent_chain(feats, valid, use_mean=use_mean, mode=training_mode)
@@ -415,49 +527,64 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
             cache=cache,
             use_cache=use_cache,
             position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
         logits = self.lm_head(out.last_hidden_state)
-        result = TextVAEOutput(logits=logits, cache=out.cache, latent_output=latent_out)
+        # every field is set at construction: ModelOutput only tuples fields that were given to __init__
+        result = {
+            "logits": logits,
+            "cache": out.cache,
+            "latent_output": latent_out,
+            "hidden_states": out.hidden_states,
+            "attentions": out.attentions,
+        }
         if latent_out is not None:
             lo = latent_out
             keep = valid.to(logits.dtype)
-            result.kl_per_group = (
+            result["kl_per_group"] = (
                 gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar) * keep
             )
             n = keep.sum(1).clamp(min=1)
-            kl_sum = result.kl_per_group.sum(1)
-            result.kl = kl_sum if self.config.kl_reduction == "sum" else kl_sum / n
-            result.log_prior = (gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar) * keep).sum(1)
-            result.log_posterior = (gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar) * keep).sum(
-                1
-            )
-        if labels is not None:
-            result.rec_loss, result.num_tokens = token_nll(logits, labels)
-            loss = result.rec_loss.mean()
+            kl_sum = result["kl_per_group"].sum(1)
+            result["kl"] = kl_sum if self.config.kl_reduction == "sum" else kl_sum / n
+            result["log_prior"] = (gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar) * keep).sum(1)
+            result["log_posterior"] = (
+                gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar) * keep
+            ).sum(1)
+        if labels is not None or shift_labels is not None:
+            result["rec_loss"], result["num_tokens"] = trace_token_nll(logits, labels, shift_labels)
+            loss = result["rec_loss"].mean()
             if latent_out is not None:
                 beta = self.kl_weight if kl_weight is None else kl_weight
                 if self.config.free_bits > 0:
                     # free bits per segment position: batch-mean KL over the rows that have that segment
                     present = keep.sum(0)
-                    per_k = (result.kl_per_group.sum(0) / present.clamp(min=1)).clamp(min=self.config.free_bits)
+                    per_k = (result["kl_per_group"].sum(0) / present.clamp(min=1)).clamp(min=self.config.free_bits)
                     per_k = per_k * (present > 0)
                     kl_term = per_k.sum() if self.config.kl_reduction == "sum" else per_k.sum() / (present > 0).sum()
                 else:
-                    kl_term = result.kl.mean()
+                    kl_term = result["kl"].mean()
                 loss = loss + beta * kl_term
                 if self.config.transition == "free" and self.config.idempotent_penalty > 0:
                     loss = loss + self.config.idempotent_penalty * self.transformer.latent.idempotence_gap()
-            result.loss = loss
-        return result
+            result["loss"] = loss
+        return TraceOutput(**result)
 
-    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, **kwargs):
-        # the latent of a new position depends on the separators generated so far: compute it on the full sequence
+    def prepare_inputs_for_generation(self, input_ids, next_sequence_length=None, inputs_embeds=None, **kwargs):
         model_inputs = super().prepare_inputs_for_generation(
-            input_ids, next_sequence_length=next_sequence_length, **kwargs
+            input_ids, next_sequence_length=next_sequence_length, inputs_embeds=inputs_embeds, **kwargs
         )
-        index = compute_latent_index(input_ids, self.config)
-        model_inputs["latent_index"] = index[:, -model_inputs["input_ids"].shape[1] :]
+        if self.config.segmentation == "separator":
+            # the latent of a new position depends on the separators generated so far: compute it on the full
+            # sequence (the prompt must be given as tokens for that)
+            step = model_inputs.get("input_ids")
+            if step is None:
+                step = model_inputs["inputs_embeds"]
+            index = compute_latent_index(input_ids, self.config)
+            model_inputs["latent_index"] = index[:, index.shape[1] - step.shape[1] :]
+        # "fixed" segmentation: the forward pass derives the index from the positions, which the cache offsets
         return model_inputs
 
     @torch.no_grad()
@@ -470,20 +597,30 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
     ):
         """`GenerationMixin.generate` with segment latents: given (e.g. from :meth:`encode`, to reconstruct) or drawn
         from the recurrent prior. Each new token uses the latent of the segment it starts or continues."""
-        if input_ids is None:
+        inputs_embeds = kwargs.get("inputs_embeds")
+        if input_ids is None and inputs_embeds is None:
             bos = self.generation_config.bos_token_id
             if bos is None:
                 bos = self.config.bos_token_id
             if bos is None:
                 raise ValueError("Pass `input_ids` (a prompt), or set `bos_token_id` to generate from scratch.")
             input_ids = torch.full((1 if latents is None else latents.shape[0], 1), bos, device=self.device)
+        batch_size = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
         if latents is None:
-            latents = self.sample_latents(input_ids.shape[0], temperature=temperature_latent)
-        elif latents.shape[0] != input_ids.shape[0]:
+            latents = self.sample_latents(batch_size, temperature=temperature_latent)
+        elif latents.shape[0] != batch_size:
             raise ValueError(
-                f"`latents` has batch size {latents.shape[0]} but `input_ids` has {input_ids.shape[0]}; they must match."
+                f"`latents` has batch size {latents.shape[0]} but the prompt has {batch_size}; they must match."
             )
         return super().generate(input_ids=input_ids, latents=latents, **kwargs)
 
 
-__all__ = ["TracePreTrainedModel", "TraceModel", "TraceForCausalLM", "segment_ids", "compute_latent_index"]
+__all__ = [
+    "TraceOutput",
+    "TracePreTrainedModel",
+    "TraceModel",
+    "TraceForCausalLM",
+    "segment_ids",
+    "compute_latent_index",
+    "trace_token_nll",
+]

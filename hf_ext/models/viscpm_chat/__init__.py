@@ -3,12 +3,18 @@
 Tiny offline model: ``hf_ext.models.muffin.tiny_muffin(model_type="viscpm_chat")``.
 """
 
+from .. import cpmbee as _cpmbee  # noqa: F401  (registers cpmbee: the released VisCPM-Chat's LLM)
 from .. import muffin as _muffin  # noqa: F401  (registers beit3 and muffin first)
 from .._registry import register_model
 from ..muffin.image_processing_muffin import MuffinImageProcessor
 from ..muffin.processing_muffin import MuffinProcessor
 from .configuration_viscpm_chat import VisCPMChatConfig
 from .modeling_viscpm_chat import VisCPMChatForConditionalGeneration, VisCPMChatModel, VisCPMChatPreTrainedModel
+from .modeling_viscpm_chat_bee import (
+    VisCPMChatBeeForConditionalGeneration,
+    build_viscpm_chat_prompt,
+    viscpm_chat_image_bound,
+)
 from .mpm import prepare_mpm_stage
 
 register_model(
@@ -23,9 +29,12 @@ register_model(
 )
 
 __all__ = [
+    "VisCPMChatBeeForConditionalGeneration",
     "VisCPMChatConfig",
     "VisCPMChatForConditionalGeneration",
     "VisCPMChatModel",
     "VisCPMChatPreTrainedModel",
+    "build_viscpm_chat_prompt",
     "prepare_mpm_stage",
+    "viscpm_chat_image_bound",
 ]

@@ -11,7 +11,8 @@ generators, ``output_type``, ``callback_on_step_end`` and a ``save_pretrained``/
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -65,7 +66,10 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             Any transformers model whose hidden states serve as text features (a multilingual LM such as CPM-Bee, a
             `LlamaForCausalLM`, a `BertModel`, ...). Base models give `last_hidden_state`; models with a head give
             their last `hidden_states` entry (logits are computed for one position only when the model supports
-            `logits_to_keep`).
+            `logits_to_keep`). With a CPM-Bee text encoder (the released VisCPM-Paint) prompts are CPM-Bee structured
+            inputs `{"caption": prompt, "objects": ""}` (or dicts you pass), encoded with CPM-Bee's bidirectional
+            context attention; the states after its output norm at *all* positions (padding included) feed the
+            projection, as VisCPM does.
         tokenizer ([`~transformers.PreTrainedTokenizerBase`]):
             Tokenizer of `text_encoder`. Prompts are right-padded with its pad token (or EOS when it has none).
         text_projection ([`VisCPMPaintTextProjection`]):
@@ -178,6 +182,28 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
         hidden = self.text_hidden_states(input_ids, attention_mask, device)
         return self.text_projection(hidden.to(self.text_projection.dtype))
 
+    # ------------------------------------------------------------------ CPM-Bee text encoder (released VisCPM-Paint)
+    def _is_cpmbee(self) -> bool:
+        config = getattr(getattr(self, "text_encoder", None), "config", None)
+        return getattr(config, "model_type", None) == "cpmbee"
+
+    @staticmethod
+    def caption_data(prompt: str | Mapping[str, Any]) -> dict[str, Any]:
+        """VisCPM-Paint's structured input of a prompt: `{"caption": prompt, "objects": ""}` (a dict is used as is)."""
+        if isinstance(prompt, Mapping):
+            return dict(prompt)
+        if not isinstance(prompt, str):
+            raise ValueError(f"A prompt must be a string or a CPM-Bee dict, got {type(prompt).__name__}.")
+        return {"caption": prompt, "objects": ""}
+
+    def _encode_cpmbee(self, data: list[Mapping[str, Any]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pack `data` into one right-padded batch (VisCPM's collater) and project CPM-Bee's final states."""
+        enc = self.tokenizer.pack([[[d]] for d in data])
+        enc = {k: v.to(device) for k, v in enc.items() if k != "labels"}
+        model = getattr(self.text_encoder, "cpmbee", self.text_encoder)
+        hidden = model(**enc, use_cache=False).last_hidden_state
+        return self.text_projection(hidden.to(self.text_projection.dtype)), enc["attention_mask"]
+
     def encode_prompt(
         self,
         prompt: str | list[str] | None,
@@ -222,7 +248,21 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             guidance the positive and negative states are padded to a common length (padding masked).
         """
         device = device or self._execution_device
-        if prompt_embeds is None:
+        if self._is_cpmbee() and (
+            prompt_embeds is None or (do_classifier_free_guidance and negative_prompt_embeds is None)
+        ):
+            # VisCPM-Paint: conditional and unconditional inputs go through CPM-Bee in one batch, padded together
+            conds = [] if prompt_embeds is not None else [self.caption_data(p) for p in self._prompt_list(prompt)]
+            batch = len(conds) if prompt_embeds is None else prompt_embeds.shape[0]
+            negatives = []
+            if do_classifier_free_guidance and negative_prompt_embeds is None:
+                negatives = [self.caption_data(n) for n in self._negative_prompts(negative_prompt, batch)]
+            embeds, masks = self._encode_cpmbee(conds + negatives, device)
+            if prompt_embeds is None:
+                prompt_embeds, prompt_attention_mask = embeds[: len(conds)], masks[: len(conds)]
+            if negatives:
+                negative_prompt_embeds, negative_prompt_attention_mask = embeds[len(conds) :], masks[len(conds) :]
+        elif prompt_embeds is None:
             if prompt is None:
                 raise ValueError("Provide either `prompt` or `prompt_embeds`.")
             prompts = [prompt] if isinstance(prompt, str) else list(prompt)
@@ -247,10 +287,13 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             negative_ids, negative_prompt_attention_mask = self.tokenize_prompts(negatives, max_sequence_length)
             negative_prompt_embeds = self._encode_text(negative_ids, negative_prompt_attention_mask, device)
 
-        prompt_embeds = prompt_embeds.to(device=device, dtype=self.unet.dtype)
+        # a pipeline holding only the text side (unet=None, to encode prompts with a large text encoder apart) casts
+        # to the projection's dtype
+        target_dtype = self.unet.dtype if getattr(self, "unet", None) is not None else self.text_projection.dtype
+        prompt_embeds = prompt_embeds.to(device=device, dtype=target_dtype)
         prompt_attention_mask = self._default_mask(prompt_embeds, prompt_attention_mask, device)
         if do_classifier_free_guidance:
-            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=self.unet.dtype)
+            negative_prompt_embeds = negative_prompt_embeds.to(device=device, dtype=target_dtype)
             negative_prompt_attention_mask = self._default_mask(
                 negative_prompt_embeds, negative_prompt_attention_mask, device
             )
@@ -283,10 +326,16 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
         return prompt_embeds, negative_prompt_embeds, prompt_attention_mask, negative_prompt_attention_mask
 
     @staticmethod
+    def _prompt_list(prompt) -> list:
+        if prompt is None:
+            raise ValueError("Provide either `prompt` or `prompt_embeds`.")
+        return [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
+
+    @staticmethod
     def _negative_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
         if negative_prompt is None:
             return [""] * batch_size
-        if isinstance(negative_prompt, str):
+        if isinstance(negative_prompt, (str, Mapping)):
             return [negative_prompt] * batch_size
         if len(negative_prompt) != batch_size:
             raise ValueError(
@@ -365,7 +414,46 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
         prompt_attention_mask=None,
         negative_prompt_attention_mask=None,
         callback_on_step_end_tensor_inputs=None,
+        num_inference_steps=50,
+        timesteps=None,
+        sigmas=None,
+        guidance_scale=7.5,
+        guidance_rescale=0.0,
+        eta=0.0,
+        num_images_per_prompt=1,
     ):
+        if timesteps is not None and sigmas is not None:
+            raise ValueError("Pass only one of `timesteps` and `sigmas`.")
+        for name, values in (("timesteps", timesteps), ("sigmas", sigmas)):
+            if values is not None and len(values) == 0:
+                raise ValueError(f"`{name}` is empty: pass at least one value, or leave it `None`.")
+        if (
+            timesteps is None
+            and sigmas is None
+            and (
+                isinstance(num_inference_steps, bool)
+                or not isinstance(num_inference_steps, int)
+                or num_inference_steps < 1
+            )
+        ):
+            raise ValueError(
+                f"`num_inference_steps` must be a positive integer, got {num_inference_steps!r} (VisCPM-Paint uses 50)."
+            )
+        if (
+            isinstance(num_images_per_prompt, bool)
+            or not isinstance(num_images_per_prompt, int)
+            or num_images_per_prompt < 1
+        ):
+            raise ValueError(f"`num_images_per_prompt` must be a positive integer, got {num_images_per_prompt!r}.")
+        for name, value in (("guidance_scale", guidance_scale), ("guidance_rescale", guidance_rescale), ("eta", eta)):
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value) or value < 0:
+                raise ValueError(
+                    f"`{name}` must be a finite number >= 0, got {value!r} (guidance_scale <= 1 turns guidance off)."
+                )
+        if guidance_rescale > 1:
+            raise ValueError(f"`guidance_rescale` must be in [0, 1], got {guidance_rescale}.")
+        if height <= 0 or width <= 0:
+            raise ValueError(f"`height` and `width` must be positive, got {height} and {width}.")
         if height % self.vae_scale_factor != 0 or width % self.vae_scale_factor != 0:
             raise ValueError(
                 f"`height` and `width` must be divisible by {self.vae_scale_factor} but are {height} and {width}."
@@ -381,8 +469,12 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             raise ValueError("Pass either `prompt` or `prompt_embeds`, not both.")
         if prompt is None and prompt_embeds is None:
             raise ValueError("Provide either `prompt` or `prompt_embeds`.")
-        if prompt is not None and not isinstance(prompt, (str, list)):
-            raise ValueError(f"`prompt` has to be a `str` or a `list[str]` but is {type(prompt)}.")
+        allowed = (str, list, Mapping) if self._is_cpmbee() else (str, list)
+        if prompt is not None and not isinstance(prompt, allowed):
+            raise ValueError(
+                f"`prompt` has to be a `str` or a `list[str]`{' (or CPM-Bee dicts)' if self._is_cpmbee() else ''} but "
+                f"is {type(prompt)}."
+            )
         if negative_prompt is not None and negative_prompt_embeds is not None:
             raise ValueError("Pass either `negative_prompt` or `negative_prompt_embeds`, not both.")
         cross_dim = self.unet.config.cross_attention_dim
@@ -396,6 +488,53 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             raise ValueError("`prompt_attention_mask` is only used together with `prompt_embeds`.")
         if negative_prompt_attention_mask is not None and negative_prompt_embeds is None:
             raise ValueError("`negative_prompt_attention_mask` is only used together with `negative_prompt_embeds`.")
+
+    # ------------------------------------------------------------------ reranking (VisCPM: best of 4 by Chinese-CLIP)
+    @torch.no_grad()
+    def clip_scores(self, images: Sequence[Any], texts: Sequence[str], clip_model, clip_processor) -> torch.Tensor:
+        """Cosine similarity of each image with its text under a CLIP model (e.g. `ChineseCLIPModel`
+        `OFA-Sys/chinese-clip-vit-base-patch16`, which VisCPM uses); `images[i]` is scored against `texts[i]`."""
+        if len(images) != len(texts):
+            raise ValueError(f"{len(images)} images but {len(texts)} texts: give one text per image.")
+        device = next(clip_model.parameters()).device
+        inputs = clip_processor(text=list(texts), images=list(images), return_tensors="pt", padding=True)
+        inputs = {k: v.to(device) for k, v in inputs.items()}
+        image_features = clip_model.get_image_features(pixel_values=inputs["pixel_values"])
+        text_inputs = {k: v for k, v in inputs.items() if k != "pixel_values"}
+        text_features = clip_model.get_text_features(**text_inputs)
+        image_features = getattr(image_features, "pooler_output", image_features)
+        text_features = getattr(text_features, "pooler_output", text_features)
+        return F.cosine_similarity(image_features.float(), text_features.float(), dim=-1)
+
+    def generate_reranked(
+        self,
+        prompt: str | list[str],
+        clip_model,
+        clip_processor,
+        num_candidates: int = 4,
+        clip_texts: str | list[str] | None = None,
+        **kwargs,
+    ) -> tuple[list[Any], torch.Tensor]:
+        """VisCPM-Paint's optional reranking: draw `num_candidates` images per prompt and keep the one whose CLIP
+        score (see [`clip_scores`]) with the prompt (or `clip_texts`) is highest.
+
+        Returns:
+            `tuple`: the best PIL image per prompt and the `[num_prompts, num_candidates]` scores.
+        """
+        if isinstance(num_candidates, bool) or not isinstance(num_candidates, int) or num_candidates < 1:
+            raise ValueError(f"`num_candidates` must be a positive integer, got {num_candidates!r}.")
+        prompts = [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
+        texts = prompts if clip_texts is None else ([clip_texts] if isinstance(clip_texts, str) else list(clip_texts))
+        if len(texts) != len(prompts) or not all(isinstance(t, str) for t in texts):
+            raise ValueError("Pass one string `clip_texts` entry per prompt (needed when prompts are CPM-Bee dicts).")
+        kwargs["output_type"] = "pil"
+        images = self(prompts, num_images_per_prompt=num_candidates, **kwargs).images
+        scores = self.clip_scores(
+            images, [t for t in texts for _ in range(num_candidates)], clip_model, clip_processor
+        )
+        scores = scores.view(len(prompts), num_candidates)
+        best = scores.argmax(dim=-1).tolist()
+        return [images[i * num_candidates + b] for i, b in enumerate(best)], scores
 
     @property
     def guidance_scale(self):
@@ -535,6 +674,13 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             prompt_attention_mask,
             negative_prompt_attention_mask,
             callback_on_step_end_tensor_inputs,
+            num_inference_steps=num_inference_steps,
+            timesteps=timesteps,
+            sigmas=sigmas,
+            guidance_scale=guidance_scale,
+            guidance_rescale=guidance_rescale,
+            eta=eta,
+            num_images_per_prompt=num_images_per_prompt,
         )
         self._guidance_scale = guidance_scale
         self._guidance_rescale = guidance_rescale
@@ -543,7 +689,7 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
 
         # 2. Define call parameters
         if prompt is not None:
-            batch_size = 1 if isinstance(prompt, str) else len(prompt)
+            batch_size = 1 if isinstance(prompt, (str, Mapping)) else len(prompt)
         else:
             batch_size = prompt_embeds.shape[0]
         device = self._execution_device

@@ -3,7 +3,16 @@
 from .collators import DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
 from .dense_dpo_config import DenseDPOConfig
 from .dense_dpo_trainer import DenseDPOTrainer
-from .weights import corrected_token_masks, correction_weights, span_token_mask
+from .weights import (
+    corrected_token_masks,
+    correction_weights,
+    dense_sequence_scores,
+    dense_token_coefficients,
+    segment_token_mask,
+    sequence_corrected_masks,
+    sequence_correction_weights,
+    span_token_mask,
+)
 
 __all__ = [
     "DataCollatorForDensePreference",
@@ -12,5 +21,10 @@ __all__ = [
     "DenseDPOTrainer",
     "corrected_token_masks",
     "correction_weights",
+    "dense_sequence_scores",
+    "dense_token_coefficients",
+    "segment_token_mask",
+    "sequence_corrected_masks",
+    "sequence_correction_weights",
     "span_token_mask",
 ]

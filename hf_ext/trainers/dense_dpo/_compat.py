@@ -8,7 +8,9 @@ DenseDPOTrainer does not copy TRL's `_compute_loss`. It relies on four behaviour
    the dense keys are popped first);
 3. with `self.precompute_ref_logps` true, `_compute_loss` reads `inputs["ref_chosen_logps"]` /
    `inputs["ref_rejected_logps"]` instead of running a reference forward;
-4. metrics are appended to `self._metrics[mode][name]` and averaged by `log()`.
+4. metrics are appended to `self._metrics[mode][name]` and averaged by `log()`;
+5. LD-DPO's split is skipped when `self.ld_alpha is None` (the trainer folds `ld_alpha` into its own coefficients),
+   and WPO's weight reads `per_token_logps - outputs.log_sum_sq_probs` (the hook shifts both by the same amount).
 
 If a future TRL changes one of them, the import fails here with a clear message instead of training silently wrong.
 """
@@ -35,7 +37,14 @@ def check_trl_compat() -> None:
     from trl.trainer import dpo_trainer, utils
 
     source = inspect.getsource(dpo_trainer.DPOTrainer._compute_loss)
-    required = ("fused_lm_head=True", "outputs.log_probs", 'inputs["ref_chosen_logps"]', "self.precompute_ref_logps")
+    required = (
+        "fused_lm_head=True",
+        "outputs.log_probs",
+        'inputs["ref_chosen_logps"]',
+        "self.precompute_ref_logps",
+        "if self.ld_alpha is None:",
+        "per_token_logps - outputs.log_sum_sq_probs",
+    )
     missing = [needle for needle in required if needle not in source]
     if missing or not hasattr(utils, "add_fused_lm_head"):
         raise ImportError(

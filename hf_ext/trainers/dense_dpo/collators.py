@@ -10,7 +10,7 @@ import torch
 from trl.data_utils import apply_chat_template, is_conversational, prepare_multimodal_messages
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
 
-from .weights import corrected_token_masks, span_token_mask, validate_spans
+from .weights import segment_token_mask, sequence_corrected_masks
 
 __all__ = ["DataCollatorForDensePreference", "DataCollatorForDenseVisionPreference", "DENSE_COLUMNS"]
 
@@ -34,42 +34,48 @@ def _add_dense_fields(
     output: dict[str, Any],
     examples: list[dict[str, Any]],
     segment_masks: list[tuple[list | None, list | None]],
-    gamma: float,
     min_match: int,
     weight_insertions: bool,
 ) -> dict[str, Any]:
-    """Add `token_weights`, `corrected_mask` and, when the examples carry them, `ref_token_logps` to a TRL batch.
+    """Add `corrected_mask` and, when the examples carry them, `ref_token_logps` to a TRL batch.
 
-    The batch rows are `[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`. All new tensors have the shape of
+    The batch rows are `[chosen_0..chosen_{B-1}, rejected_0..rejected_{B-1}]`. The new tensors have the shape of
     `input_ids`; the value at position t belongs to token t (whose log-prob TRL stores at `log_probs[:, t - 1]`).
+    Without explicit segment masks a pair's corrected tokens come from the official RLHF-V diff of its two whole
+    sequences (the attended tokens of each row: prompt, image tokens and completion, without padding), see
+    [`~hf_ext.trainers.dense_dpo.weights.sequence_corrected_masks`]. Only completion tokens are flagged. No weight is
+    applied here: γ and the normalisation are applied by the trainer, from its `args`.
     """
     input_ids = output["input_ids"]
+    attended = output["attention_mask"].bool()
     completion = output["completion_mask"].bool()
     # The first position has no log-prob (nothing predicts it), so it is never scored.
     scored = completion.clone()
     scored[:, 0] = False
     n = len(examples)
-    weights = torch.zeros(input_ids.shape, dtype=torch.float32)
     corrected = torch.zeros(input_ids.shape, dtype=torch.bool)
     has_ref = "ref_chosen_token_logps" in examples[0] and examples[0]["ref_chosen_token_logps"] is not None
     ref = torch.zeros(input_ids.shape, dtype=torch.float32) if has_ref else None
     for i, example in enumerate(examples):
-        chosen_pos = completion[i].nonzero().squeeze(1)
-        rejected_pos = completion[n + i].nonzero().squeeze(1)
-        chosen_ids = input_ids[i, chosen_pos].tolist()
-        rejected_ids = input_ids[n + i, rejected_pos].tolist()
         chosen_mask, rejected_mask = segment_masks[i]
         if chosen_mask is None and rejected_mask is None:
-            rejected_flags, chosen_flags = corrected_token_masks(
-                rejected_ids, chosen_ids, min_match, weight_insertions
+            chosen_pos = attended[i].nonzero().squeeze(1)
+            rejected_pos = attended[n + i].nonzero().squeeze(1)
+            rejected_flags, chosen_flags = sequence_corrected_masks(
+                input_ids[n + i, rejected_pos].tolist(),
+                input_ids[i, chosen_pos].tolist(),
+                min_match,
+                weight_insertions,
             )
+            # entry j of the flags belongs to token pos[j + 1]
+            chosen_pos, rejected_pos = chosen_pos[1:], rejected_pos[1:]
         else:
-            chosen_flags = _fit_mask(chosen_mask, len(chosen_ids), "chosen", _row_name(example, i))
-            rejected_flags = _fit_mask(rejected_mask, len(rejected_ids), "rejected", _row_name(example, i))
+            chosen_pos = completion[i].nonzero().squeeze(1)
+            rejected_pos = completion[n + i].nonzero().squeeze(1)
+            chosen_flags = _fit_mask(chosen_mask, len(chosen_pos), "chosen", _row_name(example, i))
+            rejected_flags = _fit_mask(rejected_mask, len(rejected_pos), "rejected", _row_name(example, i))
         for row, pos, flags in ((i, chosen_pos, chosen_flags), (n + i, rejected_pos, rejected_flags)):
-            flags_t = torch.tensor(flags, dtype=torch.bool)
-            corrected[row, pos] = flags_t
-            weights[row, pos] = torch.where(flags_t, torch.tensor(float(gamma)), torch.tensor(1.0))
+            corrected[row, pos] = torch.tensor(flags, dtype=torch.bool)
         if has_ref:
             for row, key in ((i, "ref_chosen_token_logps"), (n + i, "ref_rejected_token_logps")):
                 pos = scored[row].nonzero().squeeze(1)
@@ -82,8 +88,7 @@ def _add_dense_fields(
                         "Delete the reference cache (`ref_logps_cache_dir`) or drop the `ref_*_token_logps` columns."
                     )
                 ref[row, pos] = torch.tensor(values, dtype=torch.float32)
-    output["token_weights"] = weights
-    output["corrected_mask"] = corrected
+    output["corrected_mask"] = corrected & completion
     if has_ref:
         output["ref_token_logps"] = ref
     return output
@@ -111,26 +116,26 @@ class DataCollatorForDensePreference(DataCollatorForPreference):
 
     Besides TRL's `input_ids`, `attention_mask` and `completion_mask`, the batch gets:
 
-    - `token_weights` (`float32`, shape of `input_ids`): `gamma` on corrected completion tokens, `1.0` on the other
-      completion tokens, `0.0` on prompt and padding;
-    - `corrected_mask` (`bool`): the corrected completion tokens;
+    - `corrected_mask` (`bool`, shape of `input_ids`): the corrected completion tokens;
     - `ref_token_logps` (`float32`), when the examples carry precomputed per-token reference log-probs
       (`ref_chosen_token_logps` / `ref_rejected_token_logps`).
 
     Corrected tokens come from `chosen_segment_mask` / `rejected_segment_mask` (one flag per completion token, computed
-    by the trainer from character spans) when present, otherwise from the RLHF-V token diff of the two completions.
+    by the trainer from character spans) when present, otherwise from the official RLHF-V token diff of the two whole
+    sequences (prompt + completion, first token dropped). The collator carries no γ: [`DenseDPOTrainer`] turns the
+    flags into weights from its `args` (`dense_gamma`, `dense_normalize`). `min_match` / `weight_insertions` are set by
+    the trainer from `args.dense_min_match` / `args.dense_weight_insertions`.
 
     Example:
     ```python
-    >>> collator = DataCollatorForDensePreference(pad_token_id=0, gamma=5.0)
+    >>> collator = DataCollatorForDensePreference(pad_token_id=0)
     >>> batch = collator([{"prompt_ids": [1, 2], "chosen_ids": [3, 4, 5, 8, 6, 7, 9], "rejected_ids": [3, 4, 5, 6, 7, 9]}])
-    >>> batch["token_weights"]  # pure insertion (token 8): not weighted by default
-    tensor([[0., 0., 1., 1., 1., 1., 1., 1., 1.],
-            [0., 0., 1., 1., 1., 1., 1., 1., 0.]])
+    >>> batch["corrected_mask"].int()  # pure insertion (token 8): not corrected (official rule)
+    tensor([[0, 0, 0, 0, 0, 0, 0, 0, 0],
+            [0, 0, 0, 0, 0, 0, 0, 0, 0]], dtype=torch.int32)
     ```
     """
 
-    gamma: float = 1.1
     min_match: int = 3
     weight_insertions: bool = False
 
@@ -138,7 +143,7 @@ class DataCollatorForDensePreference(DataCollatorForPreference):
         extras = [_pop_dense(dict(example)) for example in examples]
         output = super().torch_call(examples)
         masks = [(e.get("chosen_segment_mask"), e.get("rejected_segment_mask")) for e in extras]
-        return _add_dense_fields(output, extras, masks, self.gamma, self.min_match, self.weight_insertions)
+        return _add_dense_fields(output, extras, masks, self.min_match, self.weight_insertions)
 
 
 def _message_text(messages: list[dict[str, Any]], where: str) -> str:
@@ -157,10 +162,10 @@ class DataCollatorForDenseVisionPreference(DataCollatorForVisionPreference):
 
     Works with any processor (the completions are tokenized by the processor's tokenizer, the images by its image
     processor). Explicit `chosen_segments` / `rejected_segments` (character spans of the completion text) are mapped to
-    tokens through the tokenizer's offsets, which needs a fast tokenizer.
+    tokens through the tokenizer's offsets, which needs a fast tokenizer. The token diff runs over the attended tokens
+    of each row: the prompt with its expanded image placeholder tokens, then the completion, as in the official code.
     """
 
-    gamma: float = 1.1
     min_match: int = 3
     weight_insertions: bool = False
 
@@ -185,7 +190,7 @@ class DataCollatorForDenseVisionPreference(DataCollatorForVisionPreference):
                         "`*_segments` columns) or a processor whose text path is its tokenizer."
                     )
             masks.append((chosen_mask, rejected_mask))
-        return _add_dense_fields(output, extras, masks, self.gamma, self.min_match, self.weight_insertions)
+        return _add_dense_fields(output, extras, masks, self.min_match, self.weight_insertions)
 
     def _span_masks(self, example: dict[str, Any], extra: dict[str, Any], i: int):
         chosen_spans, rejected_spans = extra.get("chosen_segments"), extra.get("rejected_segments")
@@ -214,6 +219,6 @@ class DataCollatorForDenseVisionPreference(DataCollatorForVisionPreference):
             shift = rendered_text.rfind(content)
             if shift < 0:
                 raise ValueError(f"{where}: cannot locate the {side} text in its chat-template rendering.")
-            valid = validate_spans(spans, len(content), f"{where}, {side}_segments")
-            result.append((span_token_mask(enc["offset_mapping"], valid, shift), enc["input_ids"]))
+            mask = segment_token_mask(enc["offset_mapping"], spans, len(content), shift, f"{where}, {side}_segments")
+            result.append((mask, enc["input_ids"]))
         return result

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import numbers
 from dataclasses import dataclass, field
 
 from trl import DPOConfig
 
-__all__ = ["DenseDPOConfig"]
+from .weights import check_gamma
+
+__all__ = ["DenseDPOConfig", "bf16_available"]
+
+
+def bf16_available(use_cpu: bool = False) -> bool:
+    """Whether ``TrainingArguments(bf16=True)`` is accepted here: a bf16-capable GPU (or XLA device) that is used."""
+    from transformers.utils import is_torch_bf16_gpu_available, is_torch_xla_available
+
+    return not use_cpu and (is_torch_bf16_gpu_available() or is_torch_xla_available())
 
 
 @dataclass
@@ -18,7 +29,10 @@ class DenseDPOConfig(DPOConfig):
     Every completion token gets a weight: `dense_gamma` (γ) on the tokens of corrected segments, 1 elsewhere. A
     sequence is scored by `Σ_t w_t·log p_t` (official code, `dense_normalize=False`) or by `Σ_t w_t·log p_t / Σ_t w_t`
     (paper Eq. 5, `dense_normalize=True`); the same weights apply to the policy and the reference. The DPO loss then
-    uses these scores unchanged.
+    uses these scores unchanged. The defaults (γ 1.1, β 0.1, weighted sum, official token diff) are the released
+    RLHF-V recipe; the paper uses γ 5 and β 0.5.
+
+    Unlike TRL, `bf16` left unset defaults to `True` only where a bf16-capable accelerator is used (fp32 on a CPU).
 
     Parameters:
         > Parameters that control the token weights
@@ -31,8 +45,9 @@ class DenseDPOConfig(DPOConfig):
             Divide each sequence score by `N = Σ_t w_t = |y_u| + γ|y_c|` (paper Eq. 5). `False` is the released code
             (`dpo_use_average=False`).
         dense_min_match (`int`, *optional*, defaults to `3`):
-            Token diff (used when the data has no `chosen_segments` / `rejected_segments`): matching blocks shorter
-            than this many tokens are ignored, as in the official `get_diff_ids(min_match_size=3)`.
+            Token diff (used when the data has no `chosen_segments` / `rejected_segments`; it runs over the whole
+            sequences, prompt included, first token dropped, as the official collator): matching blocks shorter than
+            this many tokens are ignored, as in the official `get_diff_ids(min_match_size=3)`.
         dense_weight_insertions (`bool`, *optional*, defaults to `False`):
             Token diff: also weight pure insertions (tokens only in the chosen answer) and pure deletions (tokens only
             in the rejected answer). The official code weights replacements only.
@@ -51,8 +66,11 @@ class DenseDPOConfig(DPOConfig):
             Unlike TRL, precomputation also works for vision datasets.
 
     > [!NOTE]
-    > `use_weighting` (WPO) and `ld_alpha` (LD-DPO) change the same per-sequence reduction and are not supported
-    > together with dense weights.
+    > `use_weighting` (WPO) and `ld_alpha` (LD-DPO) combine with the dense weights. WPO multiplies each pair's loss by
+    > the WPO weight of TRL computed from the **unweighted** per-token log-probs (the pair's probability under the
+    > policy does not depend on which tokens DDPO emphasises); the loss itself uses the dense scores. LD-DPO multiplies
+    > the dense coefficient of every tail token (past the shorter completion's length) by `ld_alpha`; with
+    > `dense_normalize=True` the divisor stays `N = Σ_t w_t`. With `dense_gamma=1` both reduce to TRL's.
     """
 
     dense_gamma: float = field(
@@ -82,22 +100,19 @@ class DenseDPOConfig(DPOConfig):
     )
 
     def __post_init__(self):
+        if self.bf16 is None and not self.fp16:
+            # TRL defaults to bf16, which TrainingArguments rejects without a bf16-capable accelerator: train in fp32
+            # there so quick starts run on a CPU as written.
+            self.bf16 = bf16_available(self.use_cpu)
         super().__post_init__()
-        if not self.dense_gamma > 0:
-            raise ValueError(f"`dense_gamma` must be > 0, got {self.dense_gamma}.")
-        if int(self.dense_min_match) < 1:
+        check_gamma(self.dense_gamma, "dense_gamma")
+        if isinstance(self.dense_min_match, bool) or not isinstance(self.dense_min_match, numbers.Integral):
+            raise TypeError(f"`dense_min_match` must be an integer, got {self.dense_min_match!r}.")
+        if self.dense_min_match < 1:
             raise ValueError(f"`dense_min_match` must be >= 1, got {self.dense_min_match}.")
-        if self.sft_weight < 0:
-            raise ValueError(f"`sft_weight` must be >= 0, got {self.sft_weight}.")
-        if self.use_weighting:
-            raise ValueError(
-                "`use_weighting=True` (WPO) is not supported by DenseDPOTrainer: WPO re-weights pairs from the same "
-                "per-token log-probs that dense DPO re-weights per token. Set `use_weighting=False`."
-            )
-        if self.ld_alpha is not None:
-            raise ValueError(
-                "`ld_alpha` (LD-DPO) is not supported by DenseDPOTrainer: both change how token log-probs are summed. "
-                "Set `ld_alpha=None`."
-            )
+        if isinstance(self.sft_weight, bool) or not isinstance(self.sft_weight, numbers.Real):
+            raise TypeError(f"`sft_weight` must be a real number, got {self.sft_weight!r}.")
+        if not math.isfinite(self.sft_weight) or self.sft_weight < 0:
+            raise ValueError(f"`sft_weight` must be a finite number >= 0, got {self.sft_weight}.")
         if self.sync_ref_model and self.precompute_ref_log_probs:
             raise ValueError("`sync_ref_model=True` cannot be combined with `precompute_ref_log_probs=True`.")

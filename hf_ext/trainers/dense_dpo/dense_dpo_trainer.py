@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import textwrap
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -26,12 +25,12 @@ from trl.trainer.utils import use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
 from ...utils.fsdp import FSDP2FusedLMHeadCallback
-from ...utils.io import atomic_save_file
+from . import ref_logps_cache
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
 from .dense_dpo_config import DenseDPOConfig
 from .sharding import is_sharded_module, num_padding_batches, reference_hash
-from .weights import span_token_mask, validate_spans
+from .weights import dense_sequence_scores, dense_token_coefficients, segment_token_mask
 
 check_trl_compat()
 
@@ -39,28 +38,34 @@ logger = logging.get_logger(__name__)
 
 __all__ = ["DenseDPOTrainer"]
 
-_CACHE_FORMAT = "hf_ext.dense_dpo.ref_logps/1"
-
 
 class _LogProbScaler:
-    """Forward hook: multiplies `outputs.log_probs` of a fused-LM-head call by the current dense weights.
+    """Forward hook: multiplies `outputs.log_probs` of a fused-LM-head call by the dense coefficients `c_t`.
 
-    TRL sums `log_probs` per row to score a sequence; scaling them by `w_t` (or `w_t / Σ w`) turns that sum into the
-    dense-DPO score. The hook is inert unless the trainer sets `weights` around its own loss computation, so generation,
-    evaluation forwards without `fused_lm_head` and other users of the model are untouched. It is a plain object (not a
-    bound method) so that `copy.deepcopy(model)` does not try to copy the trainer.
+    TRL sums `log_probs` per row to score a sequence; scaling them by the coefficients of
+    [`~hf_ext.trainers.dense_dpo.weights.dense_token_coefficients`] turns that sum into the dense-DPO score. WPO
+    (`use_weighting`) reads `log_probs - log_sum_sq_probs` to weight each pair by its (unweighted) probability; the
+    hook shifts `log_sum_sq_probs` by the same amount as `log_probs`, so WPO's weight stays that of the plain per-token
+    log-probs. The hook is inert unless the trainer sets `coefficients` around its own loss computation, so
+    generation, evaluation forwards without `fused_lm_head` and other users of the model are untouched. It is a plain
+    object (not a bound method) so that `copy.deepcopy(model)` does not try to copy the trainer.
     """
 
     def __init__(self):
-        self.weights: torch.Tensor | None = None  # (2B, L - 1), aligned with `log_probs[:, -(L - 1):]`
+        self.coefficients: torch.Tensor | None = None  # (2B, L - 1), aligned with `log_probs[:, -(L - 1):]`
         self.captured: list[torch.Tensor] = []
 
     def __call__(self, module, args, kwargs, output):
-        if self.weights is None or not kwargs.get("fused_lm_head", False):
+        if self.coefficients is None or not kwargs.get("fused_lm_head", False):
             return None
         log_probs = output.log_probs
-        seq_len = self.weights.size(1)
-        scaled = log_probs[:, -seq_len:] * self.weights.to(log_probs.device, log_probs.dtype)
+        seq_len = self.coefficients.size(1)
+        real = log_probs[:, -seq_len:]
+        scaled = real * self.coefficients.to(log_probs.device, log_probs.dtype)
+        if getattr(output, "log_sum_sq_probs", None) is not None:
+            shift = (scaled - real).detach()
+            lss = output.log_sum_sq_probs
+            output.log_sum_sq_probs = torch.cat([lss[:, :-seq_len], lss[:, -seq_len:] + shift], dim=1)
         if log_probs.size(1) != seq_len:  # prompt-learning PEFT prepends virtual tokens
             scaled = torch.cat([log_probs[:, :-seq_len], scaled], dim=1)
         output.log_probs = scaled
@@ -75,10 +80,13 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
 
     Each completion token gets a weight: `args.dense_gamma` on the tokens of corrected segments, 1 elsewhere. The
     segments come from `chosen_segments` / `rejected_segments` columns (character spans `[[start, end], ...]` of the
-    completion text) or, when a row has none, from the official RLHF-V token diff of the rejected vs the chosen
-    completion (see [`~hf_ext.trainers.dense_dpo.correction_weights`]). A sequence is scored by `Σ_t w_t·log p_t`
+    completion text) or, when a row has none, from the official RLHF-V token diff of the whole rejected vs chosen
+    sequences, prompt and image tokens included, first token dropped, exactly as the released training code (see
+    [`~hf_ext.trainers.dense_dpo.sequence_corrected_masks`]). A sequence is scored by `Σ_t w_t·log p_t`
     (`dense_normalize=False`, official code) or `Σ_t w_t·log p_t / Σ_t w_t` (`dense_normalize=True`, paper Eq. 5), for
-    the policy and the reference alike; everything else (loss types, β, PEFT, metrics, `accelerate launch`) is TRL's.
+    the policy and the reference alike (see [`~DenseDPOTrainer.dense_coefficients`], the one place γ is applied);
+    WPO (`use_weighting`) and LD-DPO (`ld_alpha`) combine with it. Everything else (loss types, β, PEFT, metrics,
+    `accelerate launch`) is TRL's. The caller's `args` are never modified.
 
     Text-only models take a tokenizer as `processing_class`; vision-language models take a processor and a dataset
     with an `images` (or `image`) column. With `args.precompute_ref_log_probs=True` the reference log-probs are
@@ -148,8 +156,21 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         ):
             raise TypeError(
                 "`data_collator` must be a DataCollatorForDensePreference or DataCollatorForDenseVisionPreference "
-                f"(they add the token weights), got {type(data_collator).__name__}. Omit it to use the default."
+                f"(they add the corrected-token flags), got {type(data_collator).__name__}. Omit it to use the default."
             )
+        if data_collator is not None:
+            for field_name, arg_name in (
+                ("min_match", "dense_min_match"),
+                ("weight_insertions", "dense_weight_insertions"),
+            ):
+                if getattr(data_collator, field_name) != getattr(args, arg_name):
+                    raise ValueError(
+                        f"`data_collator.{field_name}={getattr(data_collator, field_name)!r}` differs from "
+                        f"`args.{arg_name}={getattr(args, arg_name)!r}`. The token diff is configured by the "
+                        f"DenseDPOConfig: set `{arg_name}` there (or leave the collator to the trainer)."
+                    )
+        # The caller's config is never modified: the trainer works on its own copy.
+        args = copy.deepcopy(args)
 
         # Reference log-probs: TRL's own precompute stores per-sequence sums (so γ/segments could not change) and
         # refuses vision data. Keep TRL's path off during its __init__ and precompute per token afterwards.
@@ -161,37 +182,35 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
             args.precompute_ref_log_probs = False
             if ref_model is None and peft_config is None and not isinstance(model, str) and not is_peft_model(model):
                 ref_model = copy.deepcopy(model)
-        try:
-            super().__init__(
-                model=model,
-                ref_model=ref_model,
-                args=args,
-                data_collator=data_collator,
-                train_dataset=train_dataset,
-                eval_dataset=eval_dataset,
-                processing_class=processing_class,
-                compute_metrics=compute_metrics,
-                callbacks=callbacks,
-                optimizers=optimizers,
-                quantization_config=quantization_config,
-                peft_config=peft_config,
-            )
-        finally:
-            args.precompute_ref_log_probs = self._dense_precompute
+        super().__init__(
+            model=model,
+            ref_model=ref_model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            compute_metrics=compute_metrics,
+            callbacks=callbacks,
+            optimizers=optimizers,
+            quantization_config=quantization_config,
+            peft_config=peft_config,
+        )
+        self.args.precompute_ref_log_probs = self._dense_precompute
+        # LD-DPO's tail factor is folded into the dense coefficients (one scoring rule for policy, live and
+        # precomputed reference), so TRL's own `ld_alpha` reduction is switched off: TRL just sums.
+        self._dense_ld_alpha = self.ld_alpha
+        self.ld_alpha = None
 
-        # Data collator: swap TRL's default for its dense subclass (same settings).
-        dense_kwargs = {
-            "gamma": args.dense_gamma,
-            "min_match": args.dense_min_match,
-            "weight_insertions": args.dense_weight_insertions,
-        }
+        # Data collator: swap TRL's default for its dense subclass (same settings, diff options from `args`).
+        diff_kwargs = {"min_match": args.dense_min_match, "weight_insertions": args.dense_weight_insertions}
         collator = self.data_collator
         if type(collator) is DataCollatorForVisionPreference:
             self.data_collator = DataCollatorForDenseVisionPreference(
                 processor=collator.processor,
                 max_length=collator.max_length,
                 pad_to_multiple_of=collator.pad_to_multiple_of,
-                **dense_kwargs,
+                **diff_kwargs,
             )
         elif type(collator) is DataCollatorForPreference:
             self.data_collator = DataCollatorForDensePreference(
@@ -199,7 +218,7 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 max_length=collator.max_length,
                 truncation_mode=collator.truncation_mode,
                 pad_to_multiple_of=collator.pad_to_multiple_of,
-                **dense_kwargs,
+                **diff_kwargs,
             )
 
         if self.is_fsdp_enabled:  # TRL's fused LM head under FSDP2: see `hf_ext.utils.fsdp`
@@ -220,7 +239,12 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
             elif self.eval_dataset is not None:
                 self.eval_dataset = self._precompute_ref_token_logps(self.eval_dataset, "eval")
             if free_ref_model:
+                # Drop every handle on the temporary reference, the accelerator's list of prepared models included,
+                # so that its weights are really freed (otherwise a precomputed run keeps the reference's memory).
+                ref = self.ref_model
                 self.ref_model = None
+                self.accelerator._models = [m for m in self.accelerator._models if m is not ref]
+                del ref
 
     # ------------------------------------------------------------------ data
     def _set_signature_columns_if_needed(self):
@@ -241,13 +265,12 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         # `DPOTrainer.evaluate(eval_dataset=...)` calls this for datasets passed late; route it to the per-token cache.
         return self._precompute_ref_token_logps(dataset, name)
 
-    def _ref_cache_path(self, dataset: Dataset, name: str) -> Path:
+    def _ref_cache_path(self, dataset: Dataset, name: str):
         tokenizer = self._tokenizer
         vocab = hashlib.sha256(json.dumps(sorted(tokenizer.get_vocab().items())).encode()).hexdigest()
         key_fields = {
-            "format": _CACHE_FORMAT,
             "reference": self._dense_ref_hash,
-            "dataset": _content_hash(dataset),
+            "dataset": ref_logps_cache.content_hash(dataset, exclude=DENSE_COLUMNS),
             "rows": len(dataset),
             "max_length": self.args.max_length,
             "truncation_mode": self.args.truncation_mode,
@@ -256,17 +279,10 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
             # image resizing / normalisation change the pixels, hence the reference log-probs
             "image_processor": getattr(getattr(self.processing_class, "image_processor", None), "to_dict", dict)(),
         }
-        key = hashlib.sha256(json.dumps(key_fields, sort_keys=True, default=str).encode()).hexdigest()[:24]
-        cache_dir = self.args.ref_logps_cache_dir
-        if cache_dir is None:  # not under output_dir: that folder is what `push_to_hub` uploads
-            from huggingface_hub.constants import HF_HOME
-
-            cache_dir = os.path.join(HF_HOME, "hf_ext", "dense_dpo_ref_logps")
-        cache_dir = Path(cache_dir)
-        return cache_dir / f"{name}-{key}.safetensors"
+        return ref_logps_cache.cache_path(self.args.ref_logps_cache_dir, name, key_fields)
 
     def _precompute_ref_token_logps(self, dataset: Dataset, name: str) -> Dataset:
-        """Per-token reference log-probs of every completion token, cached in a safetensors file."""
+        """Per-token reference log-probs of every completion token, cached (see `ref_logps_cache`)."""
         if isinstance(dataset, IterableDataset):
             raise ValueError(
                 "`precompute_ref_log_probs=True` needs a map-style `datasets.Dataset`, got an IterableDataset. "
@@ -283,21 +299,13 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         else:
             self._write_ref_cache(dataset, name, path)
         self.accelerator.wait_for_everyone()
-        from safetensors.torch import load_file
-
-        tensors = load_file(path)
-        columns = {}
-        for side in ("chosen", "rejected"):
-            values, offsets = tensors[f"{side}_values"], tensors[f"{side}_offsets"].tolist()
-            if len(offsets) != len(dataset) + 1:
-                raise ValueError(f"{path}: holds {len(offsets) - 1} rows, the {name} dataset has {len(dataset)}.")
-            columns[f"ref_{side}_token_logps"] = [values[a:b].tolist() for a, b in zip(offsets[:-1], offsets[1:])]
+        columns = ref_logps_cache.load_ref_cache(path, len(dataset), name)
         for key, column in columns.items():
             dataset = dataset.add_column(key, column)
         return dataset
 
     @torch.no_grad()
-    def _write_ref_cache(self, dataset: Dataset, name: str, path: Path) -> None:
+    def _write_ref_cache(self, dataset: Dataset, name: str, path: os.PathLike) -> None:
         batch_size = self.args.precompute_ref_batch_size or self.args.per_device_train_batch_size
         rank, world = self.accelerator.process_index, self.accelerator.num_processes
         indices = list(range(rank, len(dataset), world))  # each process scores its own rows
@@ -327,19 +335,12 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 self._reference_per_token_logps(padding)
         rows = gather_object(rows) if world > 1 else rows
         if self.accelerator.is_main_process:
-            rows = sorted(rows, key=lambda r: r[0])
-            tensors = {}
-            for side, column in (("chosen", 1), ("rejected", 2)):
-                lengths = [len(r[column]) for r in rows]
-                offsets = torch.tensor([0, *lengths]).cumsum(0)
-                tensors[f"{side}_values"] = torch.tensor([v for r in rows for v in r[column]], dtype=torch.float32)
-                tensors[f"{side}_offsets"] = offsets.to(torch.int64)
-            atomic_save_file(tensors, path, metadata={"format": _CACHE_FORMAT, "dataset": name})
-            logger.info(f"Wrote reference log-probs of {len(rows)} {name} rows to {path}.")
+            rows = [(chosen, rejected) for _, chosen, rejected in sorted(rows, key=lambda r: r[0])]
+            ref_logps_cache.save_ref_cache(path, rows, name)
 
     def _reference_per_token_logps(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
         """Unweighted reference log-probs `(2B, L - 1)` and the mask of scored positions, for one collated batch."""
-        batch = self._prepare_inputs({k: v for k, v in batch.items() if k not in ("token_weights", "corrected_mask")})
+        batch = self._prepare_inputs({k: v for k, v in batch.items() if k != "corrected_mask"})
         batch.pop("ref_token_logps", None)
         completion_mask = batch.pop("completion_mask")
         labels = batch["input_ids"].masked_fill(completion_mask == 0, -100)
@@ -376,18 +377,31 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         )
 
     # ------------------------------------------------------------------ loss
+    def dense_coefficients(self, corrected: torch.Tensor, completion_mask: torch.Tensor) -> torch.Tensor:
+        """Coefficients `c_t` (`(2B, L - 1)`, float64) of the per-token log-probs of a batch, from `self.args` alone.
+
+        `corrected` and `completion_mask` are the collator's `(2B, L)` tensors; a sequence's score is
+        `Σ_t c_t · log p_t` (see [`~hf_ext.trainers.dense_dpo.weights.dense_token_coefficients`]).
+        """
+        return dense_token_coefficients(
+            corrected[:, 1:],
+            completion_mask[:, 1:],
+            gamma=self.args.dense_gamma,
+            normalize=self.args.dense_normalize,
+            ld_alpha=self._dense_ld_alpha,
+        )
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         mode = "train" if self.model.training else "eval"
-        token_weights = inputs.pop("token_weights")
+        if "corrected_mask" not in inputs:
+            raise ValueError(
+                "The batch has no `corrected_mask`: DenseDPOTrainer needs a DataCollatorForDensePreference or "
+                "DataCollatorForDenseVisionPreference batch."
+            )
         corrected = inputs.pop("corrected_mask")
         ref_token_logps = inputs.pop("ref_token_logps", None)
         completion = inputs["completion_mask"]
-        weights = token_weights.float() * completion
-        if self.args.dense_normalize:
-            # Paper Eq. 5: divide by N = |y_u| + γ|y_c| (scored tokens only); rows without completion stay at 0.
-            weights[:, 0] = 0.0
-            weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=torch.finfo(weights.dtype).tiny)
-        shift_weights = weights[:, 1:]
+        coefficients = self.dense_coefficients(corrected, completion).to(completion.device)
 
         if self.precompute_ref_logps:
             if ref_token_logps is None:
@@ -395,20 +409,21 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                     "`precompute_ref_log_probs=True` but the batch has no reference log-probs; the dataset lost its "
                     "`ref_chosen_token_logps` / `ref_rejected_token_logps` columns."
                 )
-            ref_logps = (ref_token_logps[:, 1:].to(shift_weights.dtype) * shift_weights).sum(dim=1)
+            ref_logps = dense_sequence_scores(ref_token_logps[:, 1:], coefficients)
             inputs["ref_chosen_logps"], inputs["ref_rejected_logps"] = ref_logps.chunk(2, dim=0)
 
-        self._dense_scaler.weights = shift_weights
+        self._dense_scaler.coefficients = coefficients
         self._dense_scaler.captured = []
         try:
             result = super().compute_loss(model, inputs, return_outputs=return_outputs)
             policy_scores = self._dense_scaler.captured[0].sum(dim=1)  # first fused call = policy forward
         finally:
-            self._dense_scaler.weights = None
+            self._dense_scaler.coefficients = None
             self._dense_scaler.captured = []
         loss, outputs = result if return_outputs else (result, None)
 
         if self.args.sft_weight > 0:
+            # Official `SFT_weight`: minus the mean of the chosen policy score, weighted like the DPO term.
             chosen_scores = policy_scores.chunk(2, dim=0)[0]
             sft_loss = -chosen_scores.mean()
             loss = loss + self.args.sft_weight * sft_loss
@@ -421,24 +436,6 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         n_scored = self.accelerator.gather_for_metrics(n_scored).sum().item()
         self._metrics[mode]["dense/weighted_token_fraction"].append(n_corrected / n_scored if n_scored else 0.0)
         return (loss, outputs) if return_outputs else loss
-
-
-def _content_hash(dataset: Dataset) -> str:
-    """Hash of the dataset's content that the reference log-probs depend on (not the segment columns).
-
-    `dataset._fingerprint` is not usable as a key: TRL's `_prepare_dataset` maps with closures over the whole config,
-    so the fingerprint changes with γ (or the output directory) although the tokens do not.
-    """
-    import pyarrow as pa
-
-    columns = [c for c in dataset.column_names if c not in DENSE_COLUMNS]
-    h = hashlib.sha256(json.dumps(columns).encode())
-    for table in dataset.select_columns(columns).with_format("arrow").iter(batch_size=256):
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, table.schema) as writer:
-            writer.write_table(table)
-        h.update(sink.getvalue().to_pybytes())
-    return h.hexdigest()
 
 
 def _text_segment_masks(example: dict[str, Any], index: int, tokenizer) -> dict[str, Any]:
@@ -473,7 +470,7 @@ def _text_segment_masks(example: dict[str, Any], index: int, tokenizer) -> dict[
                 f"{where}: cannot align the {side} text with its tokens (the tokenizer's re-encoding differs from "
                 "TRL's). Drop the `*_segments` columns to use the token diff."
             )
-        valid = validate_spans(spans, len(content), f"{where}, {side}_segments")
         offsets = enc["offset_mapping"][-len(ids) :]
-        out[f"{side}_segment_mask"] = [int(m) for m in span_token_mask(offsets, valid, shift)]
+        mask = segment_token_mask(offsets, spans, len(content), shift, f"{where}, {side}_segments")
+        out[f"{side}_segment_mask"] = [int(m) for m in mask]
     return out

@@ -1,19 +1,57 @@
-"""Per-token correction weights for dense DPO (RLHF-V, arXiv 2312.00849).
+"""Which tokens are corrected, and how a sequence is scored, in dense DPO (RLHF-V, arXiv 2312.00849).
 
-Two sources of "corrected segments":
+Everything about the token weighting lives here:
 
-* the official RLHF-V token diff (:func:`correction_weights`, :func:`corrected_token_masks`), used when the data has
-  no segment annotation (the released RLHF-V dataset has none);
-* explicit character spans of the completion text (:func:`span_token_mask`), mapped to tokens through the fast
-  tokenizer's offsets.
+* **which tokens are corrected** — the official RLHF-V token diff over the whole tokenised sequence
+  (:func:`sequence_corrected_masks`, exactly `DataCollatorForDPODataset` + `get_diff_ids` of thunlp/Muffin), its
+  building block on two arbitrary id lists (:func:`corrected_token_masks`, :func:`correction_weights`), or explicit
+  character spans of the completion text (:func:`segment_token_mask`, the single span → token function);
+* **how a sequence is scored** — :func:`dense_token_coefficients` is the single place where γ, the normalisation
+  (paper Eq. 5) and LD-DPO's tail factor are applied: the score of a sequence is ``Σ_t c_t · log p_t`` with those
+  coefficients, for the policy and the reference alike (:func:`dense_sequence_scores`).
 """
 
 from __future__ import annotations
 
 import difflib
+import math
+import numbers
 from collections.abc import Sequence
+from typing import Any
 
-__all__ = ["corrected_token_masks", "correction_weights", "span_token_mask", "validate_spans"]
+import torch
+
+__all__ = [
+    "check_gamma",
+    "corrected_token_masks",
+    "correction_weights",
+    "dense_sequence_scores",
+    "dense_token_coefficients",
+    "segment_token_mask",
+    "sequence_corrected_masks",
+    "sequence_correction_weights",
+    "span_token_mask",
+    "validate_spans",
+]
+
+
+def check_gamma(gamma: Any, name: str = "dense_gamma") -> float:
+    """Return ``gamma`` as a float, or raise: it must be a finite real number > 0 (not a bool, not a string)."""
+    if isinstance(gamma, bool) or not isinstance(gamma, numbers.Real):
+        raise TypeError(
+            f"`{name}` must be a real number (RLHF-V: 1.1 = released recipe, 5.0 = paper), got "
+            f"{type(gamma).__name__} {gamma!r}."
+        )
+    value = float(gamma)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(
+            f"`{name}` must be a finite number > 0 (RLHF-V: 1.1 = released recipe, 5.0 = paper), got {gamma!r}: "
+            "an infinite or NaN weight turns every dense score into NaN."
+        )
+    return value
+
+
+# ----------------------------------------------------------------------------------------------- the token diff
 
 
 def corrected_token_masks(
@@ -22,7 +60,7 @@ def corrected_token_masks(
     min_match: int = 3,
     weight_insertions: bool = False,
 ) -> tuple[list[bool], list[bool]]:
-    """Which tokens of the rejected and chosen completions belong to a corrected segment (official RLHF-V rule).
+    """Which tokens of two id lists belong to a corrected segment (the rule of the official `get_diff_ids`).
 
     ``difflib.SequenceMatcher(None, rejected_ids, chosen_ids)`` (default ``autojunk=True``, as the official code) gives
     the matching blocks; blocks shorter than ``min_match`` tokens are dropped (so short coincidental matches inside an
@@ -31,11 +69,20 @@ def corrected_token_masks(
     correction only when it is non-empty on both sides (a replacement); with ``weight_insertions=True`` pure insertions
     (chosen side only) and pure deletions (rejected side only) count too.
 
+    This is the diff alone, on whatever ids it is given. The trainer diffs the **whole sequences** (prompt included,
+    first token dropped) as the official training code does: see :func:`sequence_corrected_masks`.
+
+    Args:
+        rejected_ids (`Sequence[int]`): ids of the rejected (original, hallucinated) side.
+        chosen_ids (`Sequence[int]`): ids of the chosen (corrected) side.
+        min_match (`int`, *optional*, defaults to `3`): matching blocks shorter than this are ignored.
+        weight_insertions (`bool`, *optional*, defaults to `False`): also flag pure insertions / deletions.
+
     Returns:
-        `tuple[list[bool], list[bool]]`: ``(rejected_mask, chosen_mask)``, one flag per token.
+        `tuple[list[bool], list[bool]]`: ``(rejected_mask, chosen_mask)``, one flag per id.
     """
-    if min_match < 1:
-        raise ValueError(f"`min_match` must be >= 1, got {min_match}.")
+    if isinstance(min_match, bool) or not isinstance(min_match, numbers.Integral) or min_match < 1:
+        raise ValueError(f"`min_match` must be an integer >= 1, got {min_match!r}.")
     rejected_ids, chosen_ids = list(rejected_ids), list(chosen_ids)
     rejected_mask = [False] * len(rejected_ids)
     chosen_mask = [False] * len(chosen_ids)
@@ -60,20 +107,17 @@ def correction_weights(
     min_match: int = 3,
     weight_insertions: bool = False,
 ) -> tuple[list[float], list[float]]:
-    """Dense-DPO token weights of a preference pair: ``gamma`` on corrected tokens, ``1.0`` elsewhere.
-
-    The corrected tokens come from the official RLHF-V token diff of the rejected vs the chosen completion, see
-    :func:`corrected_token_masks`.
+    """Weights ``gamma`` on the tokens :func:`corrected_token_masks` flags, ``1.0`` elsewhere, for two id lists.
 
     Args:
-        rejected_ids (`Sequence[int]`): token ids of the rejected (original, hallucinated) completion.
-        chosen_ids (`Sequence[int]`): token ids of the chosen (corrected) completion.
+        rejected_ids (`Sequence[int]`): ids of the rejected (original, hallucinated) side.
+        chosen_ids (`Sequence[int]`): ids of the chosen (corrected) side.
         gamma (`float`): weight of the tokens in corrected segments (RLHF-V's γ).
         min_match (`int`, *optional*, defaults to `3`): matching blocks shorter than this are ignored.
         weight_insertions (`bool`, *optional*, defaults to `False`): also weight pure insertions / deletions.
 
     Returns:
-        `tuple[list[float], list[float]]`: ``(rejected_weights, chosen_weights)``, one float per token.
+        `tuple[list[float], list[float]]`: ``(rejected_weights, chosen_weights)``, one float per id.
 
     Example:
     ```python
@@ -81,20 +125,98 @@ def correction_weights(
     ([1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 5.0, 5.0, 1.0, 1.0, 1.0])
     ```
     """
+    gamma = check_gamma(gamma, "gamma")
     rejected_mask, chosen_mask = corrected_token_masks(rejected_ids, chosen_ids, min_match, weight_insertions)
-    gamma = float(gamma)
     return [gamma if m else 1.0 for m in rejected_mask], [gamma if m else 1.0 for m in chosen_mask]
 
 
-def validate_spans(spans, text_length: int, where: str) -> list[tuple[int, int]]:
-    """Check character spans ``[[start, end], ...]`` (end exclusive) against a completion of ``text_length`` chars."""
+def sequence_corrected_masks(
+    rejected_ids: Sequence[int],
+    chosen_ids: Sequence[int],
+    min_match: int = 3,
+    weight_insertions: bool = False,
+) -> tuple[list[bool], list[bool]]:
+    """Corrected tokens of a preference pair exactly as RLHF-V's training code finds them.
+
+    The official collator (thunlp/Muffin `DataCollatorForDPODataset`) diffs the **whole tokenised sequences** — prompt
+    (image placeholder tokens included) followed by the answer — minus their first token:
+    ``get_diff_ids(rejected_ids[1:], chosen_ids[1:], min_match_size=3)``. The shared prompt therefore forms one
+    matching block together with the start of the answer, which an answer-only diff would not see, and `difflib`'s
+    ``autojunk`` heuristic counts the prompt's tokens too (a sequence of ≥ 200 ids).
+
+    Args:
+        rejected_ids (`Sequence[int]`): the full rejected sequence (prompt + rejected answer), as the model sees it.
+        chosen_ids (`Sequence[int]`): the full chosen sequence (prompt + chosen answer).
+        min_match (`int`, *optional*, defaults to `3`): matching blocks shorter than this are ignored.
+        weight_insertions (`bool`, *optional*, defaults to `False`): also flag pure insertions / deletions (not
+            official).
+
+    Returns:
+        `tuple[list[bool], list[bool]]`: ``(rejected_mask, chosen_mask)`` of lengths ``len(ids) - 1``: entry ``j``
+        belongs to token ``ids[j + 1]``, i.e. to the label-shifted position ``j`` of the per-token log-probs (the
+        official layout). Flags on prompt positions are possible (an answer repeating the prompt) and are masked out
+        by the loss.
+    """
+    if len(rejected_ids) < 1 or len(chosen_ids) < 1:
+        raise ValueError("`sequence_corrected_masks` needs non-empty sequences (prompt + answer).")
+    return corrected_token_masks(list(rejected_ids)[1:], list(chosen_ids)[1:], min_match, weight_insertions)
+
+
+def sequence_correction_weights(
+    rejected_ids: Sequence[int],
+    chosen_ids: Sequence[int],
+    gamma: float,
+    min_match: int = 3,
+    weight_insertions: bool = False,
+) -> tuple[list[float], list[float]]:
+    """The official RLHF-V token weights of a pair: γ on :func:`sequence_corrected_masks`' tokens, 1 elsewhere.
+
+    Same arguments and layout (length ``len(ids) - 1``, entry ``j`` = token ``ids[j + 1]``) as
+    :func:`sequence_corrected_masks`, plus ``gamma`` (`float`), RLHF-V's `dpo_token_weight`.
+
+    Example:
+    ```python
+    >>> prompt = [1, 20, 21, 22]  # BOS + prompt
+    >>> sequence_correction_weights(prompt + [5, 6, 7, 8, 9, 10], prompt + [5, 6, 17, 8, 9, 10], gamma=5.0)
+    ([1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0])
+    ```
+    """
+    gamma = check_gamma(gamma, "gamma")
+    rejected_mask, chosen_mask = sequence_corrected_masks(rejected_ids, chosen_ids, min_match, weight_insertions)
+    return [gamma if m else 1.0 for m in rejected_mask], [gamma if m else 1.0 for m in chosen_mask]
+
+
+# ------------------------------------------------------------------------------------------- explicit spans
+
+
+def validate_spans(spans: Any, text_length: int, where: str) -> list[tuple[int, int]]:
+    """Check character spans ``[[start, end], ...]`` (end exclusive) against a completion of ``text_length`` chars.
+
+    ``None`` means "no spans" (the token diff is used); an empty list means "nothing corrected on this side".
+    """
     if spans is None:
         return []
+    if isinstance(spans, (str, bytes)):
+        raise TypeError(
+            f"{where}: segments must be a list of [start, end] character offsets, got a string {spans[:60]!r}. "
+            "Parse it first (e.g. `json.loads`)."
+        )
+    if not isinstance(spans, (list, tuple)):
+        raise TypeError(
+            f"{where}: segments must be a list of [start, end] character offsets, got {type(spans).__name__}."
+        )
     out = []
     for span in spans:
-        if not isinstance(span, (list, tuple)) or len(span) != 2:
+        if isinstance(span, (str, bytes)) or not isinstance(span, (list, tuple)) or len(span) != 2:
             raise ValueError(f"{where}: each segment must be a [start, end] pair of character offsets, got {span!r}.")
+        if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in span):
+            raise TypeError(f"{where}: segment offsets must be integers, got {span!r}.")
         start, end = int(span[0]), int(span[1])
+        if start == end:
+            raise ValueError(
+                f"{where}: segment {[start, end]} is empty (start == end); a segment covers the characters "
+                "text[start:end] with start < end. Drop it, or give [] for a side with no corrected segment."
+            )
         if not 0 <= start < end <= text_length:
             raise ValueError(
                 f"{where}: segment {[start, end]} is outside the completion text of {text_length} characters "
@@ -113,7 +235,85 @@ def span_token_mask(
 
     ``offsets`` are a fast tokenizer's ``offset_mapping`` over the rendered text; ``spans`` are relative to the
     completion text, which starts at ``char_shift`` in the rendered text. Zero-width tokens (special tokens) are never
-    flagged.
+    flagged. Spans are not validated: use :func:`segment_token_mask`.
     """
     shifted = [(s + char_shift, e + char_shift) for s, e in spans]
     return [tok_e > tok_s and any(tok_s < e and s < tok_e for s, e in shifted) for tok_s, tok_e in offsets]
+
+
+def segment_token_mask(
+    offsets: Sequence[tuple[int, int]],
+    spans: Any,
+    text_length: int,
+    char_shift: int,
+    where: str,
+) -> list[bool]:
+    """The single span → token function: validate ``spans`` of a completion text and flag the tokens they overlap.
+
+    Args:
+        offsets (`Sequence[tuple[int, int]]`): ``offset_mapping`` of the tokens over the rendered text.
+        spans (`list[list[int]]`): ``[start, end)`` character offsets relative to the completion text.
+        text_length (`int`): length of the completion text in characters.
+        char_shift (`int`): where the completion text starts in the rendered text.
+        where (`str`): names the row and column in error messages.
+
+    Returns:
+        `list[bool]`: one flag per entry of ``offsets``.
+    """
+    return span_token_mask(offsets, validate_spans(spans, text_length, where), char_shift)
+
+
+# ------------------------------------------------------------------------------------------ the scoring rule
+
+
+def dense_token_coefficients(
+    corrected: torch.Tensor,
+    loss_mask: torch.Tensor,
+    gamma: float,
+    normalize: bool = False,
+    ld_alpha: float | None = None,
+    dtype: torch.dtype = torch.float64,
+) -> torch.Tensor:
+    r"""The coefficient `c_t` of every per-token log-prob: **how a sequence is scored** in dense DPO.
+
+    The score of a sequence is `s = Σ_t c_t · log p_t` (see :func:`dense_sequence_scores`), for the policy and the
+    reference alike, with
+
+    * `w_t = γ` on corrected tokens, `1` on the other scored tokens, `0` elsewhere (prompt, padding);
+    * `c_t = w_t` (`normalize=False`, the released code: `compute_weighted_logp` with `dpo_use_average=False`), or
+      `c_t = w_t / Σ_u w_u` (`normalize=True`, paper Eq. 5 / the official `dpo_use_average=True`:
+      `N = |y_u| + γ|y_c|`);
+    * with LD-DPO (`ld_alpha`, TRL's "shared / tail" split), `c_t` is further multiplied by `ld_alpha` on the tail
+      tokens of the longer completion of each pair (positions past the length of the shorter one). The normalising
+      `N` stays `Σ_u w_u` (the dense weights alone).
+
+    Args:
+        corrected (`torch.Tensor`): `(2B, T)` bool, the corrected tokens; rows are `[chosen_0..B-1, rejected_0..B-1]`.
+        loss_mask (`torch.Tensor`): `(2B, T)`, 1 on the scored (completion) positions.
+        gamma (`float`): RLHF-V's γ.
+        normalize (`bool`, *optional*, defaults to `False`): divide by `N = Σ_t w_t` (paper Eq. 5).
+        ld_alpha (`float`, *optional*): LD-DPO's weight of the tail tokens.
+        dtype (`torch.dtype`, *optional*, defaults to `torch.float64`): dtype of the result.
+
+    Returns:
+        `torch.Tensor`: `(2B, T)` coefficients.
+    """
+    gamma = check_gamma(gamma)
+    mask = loss_mask.to(dtype)
+    weights = torch.where(corrected.bool(), torch.tensor(gamma, dtype=dtype), torch.tensor(1.0, dtype=dtype)) * mask
+    if normalize:
+        # Rows without a scored token stay at 0 (the official code stops on the NaN of 0/0).
+        weights = weights / weights.sum(dim=1, keepdim=True).clamp(min=torch.finfo(dtype).tiny)
+    if ld_alpha is not None:
+        position = mask.cumsum(dim=1)
+        lengths = mask.sum(dim=1)
+        chosen_len, rejected_len = lengths.chunk(2, dim=0)
+        shared = torch.minimum(chosen_len, rejected_len).repeat(2)
+        tail = (position > shared.unsqueeze(1)) & (mask > 0)
+        weights = torch.where(tail, weights * float(ld_alpha), weights)
+    return weights
+
+
+def dense_sequence_scores(token_logps: torch.Tensor, coefficients: torch.Tensor) -> torch.Tensor:
+    """Sequence scores ``Σ_t c_t · log p_t`` from per-token log-probs and :func:`dense_token_coefficients`."""
+    return (token_logps * coefficients.to(token_logps.dtype)).sum(dim=-1)

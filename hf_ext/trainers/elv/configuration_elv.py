@@ -69,3 +69,7 @@ class ELVPredictorConfig(PreTrainedConfig):
             raise ValueError(f"aggregation must be 'mean' or 'mean_logits', got {self.aggregation!r}.")
         if not 0.0 <= self.classifier_dropout < 1.0:
             raise ValueError(f"classifier_dropout must be in [0, 1), got {self.classifier_dropout}.")
+
+    def get_text_config(self, decoder=None, encoder=None) -> PreTrainedConfig:
+        """The encoder's config: it holds the vocabulary (what `resize_token_embeddings` updates)."""
+        return self.encoder

@@ -11,6 +11,7 @@ import torch
 from torch import nn
 from transformers import AutoModel, PreTrainedModel
 from transformers.utils import ModelOutput, logging
+from transformers.utils.generic import can_return_tuple
 
 from .configuration_elv import ELVPredictorConfig
 
@@ -33,12 +34,19 @@ class ELVPredictorOutput(ModelOutput):
             Class scores of each (input, explanation) pair on its own (what the E-step uses).
         pooled (`torch.FloatTensor` of shape `(batch_size, num_explanations, pooled_size)`):
             One vector per (input, explanation) pair.
+        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`):
+            The encoder's hidden states over the flattened pairs, each `(batch_size * num_explanations, seq_len,
+            hidden_size)`.
+        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`):
+            The encoder's attention weights over the flattened pairs.
     """
 
     loss: torch.FloatTensor | None = None
     logits: torch.FloatTensor | None = None
     pair_logits: torch.FloatTensor | None = None
     pooled: torch.FloatTensor | None = None
+    hidden_states: tuple[torch.FloatTensor, ...] | None = None
+    attentions: tuple[torch.FloatTensor, ...] | None = None
 
 
 class ELVPreTrainedModel(PreTrainedModel):
@@ -131,6 +139,7 @@ class ELVPredictorModel(ELVPreTrainedModel):
             parts.append(hidden[rows, position])
         return torch.cat(parts, dim=-1)
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -138,6 +147,9 @@ class ELVPredictorModel(ELVPreTrainedModel):
         token_type_ids: torch.LongTensor | None = None,
         explanation_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> ELVPredictorOutput:
         r"""
@@ -152,33 +164,52 @@ class ELVPredictorModel(ELVPreTrainedModel):
                 1 where slot k holds an explanation, 0 for empty slots. Defaults to all ones.
             labels (`torch.LongTensor` of shape `(batch_size,)`, *optional*):
                 Gold labels; -100 is ignored.
+            inputs_embeds (`torch.FloatTensor` of shape `(batch_size, num_explanations, seq_len, hidden_size)` or
+                `(batch_size, seq_len, hidden_size)`, *optional*): instead of `input_ids` (not with
+                ``pooling="entity_markers"``, which finds the markers by token id).
+            output_attentions, output_hidden_states (`bool`, *optional*): return the encoder's attentions / hidden
+                states over the flattened pairs. `return_dict=False` returns a tuple.
         """
-        if input_ids is None:
-            raise ValueError("ELVPredictorModel needs `input_ids`.")
-        if input_ids.dim() == 2:
-            input_ids = input_ids.unsqueeze(1)
+        if (input_ids is None) == (inputs_embeds is None):
+            raise ValueError("ELVPredictorModel needs exactly one of `input_ids` and `inputs_embeds`.")
+        tokens = input_ids if input_ids is not None else inputs_embeds[..., 0]
+        if tokens.dim() == 2:
+            tokens = tokens.unsqueeze(1)
+            input_ids = input_ids.unsqueeze(1) if input_ids is not None else None
+            inputs_embeds = inputs_embeds.unsqueeze(1) if inputs_embeds is not None else None
             attention_mask = attention_mask.unsqueeze(1) if attention_mask is not None else None
             token_type_ids = token_type_ids.unsqueeze(1) if token_type_ids is not None else None
-        if input_ids.dim() != 3:
+        if tokens.dim() != 3:
             raise ValueError(
-                f"input_ids must have shape (batch_size, num_explanations, seq_len); got {tuple(input_ids.shape)}."
+                f"input_ids must have shape (batch_size, num_explanations, seq_len); got {tuple(tokens.shape)}."
             )
-        batch_size, num_expl, seq_len = input_ids.shape
+        if input_ids is None and self.config.pooling == "entity_markers":
+            raise ValueError("pooling='entity_markers' finds the markers by token id: pass `input_ids`.")
+        batch_size, num_expl, seq_len = tokens.shape
         if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
+            attention_mask = torch.ones(tokens.shape, dtype=torch.long, device=tokens.device)
         if explanation_mask is None:
-            explanation_mask = torch.ones(batch_size, num_expl, dtype=torch.long, device=input_ids.device)
+            explanation_mask = torch.ones(batch_size, num_expl, dtype=torch.long, device=tokens.device)
         if explanation_mask.shape != (batch_size, num_expl):
             raise ValueError(
                 f"explanation_mask must have shape {(batch_size, num_expl)}, got {tuple(explanation_mask.shape)}."
             )
 
-        flat_ids = input_ids.reshape(-1, seq_len)
+        flat_ids = input_ids.reshape(-1, seq_len) if input_ids is not None else None
         flat_mask = attention_mask.reshape(-1, seq_len)
-        encoder_kwargs = {"input_ids": flat_ids, "attention_mask": flat_mask}
+        encoder_kwargs = {"attention_mask": flat_mask, "return_dict": True}
+        if flat_ids is not None:
+            encoder_kwargs["input_ids"] = flat_ids
+        else:
+            encoder_kwargs["inputs_embeds"] = inputs_embeds.reshape(-1, seq_len, inputs_embeds.shape[-1])
         if token_type_ids is not None:
             encoder_kwargs["token_type_ids"] = token_type_ids.reshape(-1, seq_len)
-        hidden = self.encoder(**encoder_kwargs).last_hidden_state
+        if output_attentions is not None:
+            encoder_kwargs["output_attentions"] = output_attentions
+        if output_hidden_states is not None:
+            encoder_kwargs["output_hidden_states"] = output_hidden_states
+        encoded = self.encoder(**encoder_kwargs)
+        hidden = encoded.last_hidden_state
         pooled = self._pool(hidden, flat_ids, flat_mask).reshape(batch_size, num_expl, -1)
         pair_logits = self.classifier(self.dropout(pooled))
 
@@ -193,4 +224,11 @@ class ELVPredictorModel(ELVPreTrainedModel):
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(logits.float(), labels.to(logits.device))
-        return ELVPredictorOutput(loss=loss, logits=logits, pair_logits=pair_logits, pooled=pooled)
+        return ELVPredictorOutput(
+            loss=loss,
+            logits=logits,
+            pair_logits=pair_logits,
+            pooled=pooled,
+            hidden_states=encoded.hidden_states,
+            attentions=encoded.attentions,
+        )

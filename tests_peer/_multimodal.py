@@ -1,0 +1,50 @@
+"""Tester shared by Muffin and VisCPM-Chat: images and the matching `<im_patch>` tokens (like transformers' Llava)."""
+
+import torch
+from tests.test_modeling_common import floats_tensor, ids_tensor
+
+from hf_ext.models.muffin import tiny_muffin_config, tiny_muffin_tokenizer
+
+
+class MuffinModelTester:
+    # 7 rows: the eager-vs-SDPA test takes up to 7 and would pad a shorter batch with random rows without image
+    # tokens, which no longer match the images
+    def __init__(self, parent, config_class, projector_type, batch_size=7, text_length=6, is_training=True):
+        self.parent = parent
+        self.config_class = config_class
+        self.projector_type = projector_type
+        self.batch_size = batch_size
+        self.is_training = is_training
+        self.tokenizer = tiny_muffin_tokenizer()
+        config = self.get_config()
+        self.num_query = config.num_query
+        self.vocab_size = config.text_config.vocab_size
+        self.hidden_size = config.text_config.hidden_size
+        self.num_hidden_layers = config.text_config.num_hidden_layers
+        self.num_attention_heads = config.text_config.num_attention_heads
+        self.image_size = config.vision_config.image_size
+        # <im_start> num_query x <im_patch> <im_end>, then text
+        self.seq_length = self.num_query + 2 + text_length
+        self.text_length = text_length
+        # a generated <im_patch> would need an image of its own: the generation checks never produce one
+        self.suppressed_token_ids = [config.image_token_id, config.image_start_token_id, config.image_end_token_id]
+
+    def get_config(self):
+        return tiny_muffin_config(self.tokenizer, projector_type=self.projector_type, config_class=self.config_class)
+
+    def prepare_config_and_inputs_for_common(self):
+        config = self.get_config()
+        special = {config.image_token_id, config.image_start_token_id, config.image_end_token_id}
+        text = ids_tensor([self.batch_size, self.text_length], self.vocab_size)
+        for token in special:
+            text[text == token] = config.text_config.eos_token_id or 1
+        image = torch.tensor(
+            [config.image_start_token_id] + [config.image_token_id] * self.num_query + [config.image_end_token_id]
+        )
+        input_ids = torch.cat([image.expand(self.batch_size, -1), text], dim=1)
+        pixel_values = floats_tensor([self.batch_size, 3, self.image_size, self.image_size])
+        return config, {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "pixel_values": pixel_values,
+        }
