@@ -91,6 +91,16 @@ def _tiny_models():
     trace = TraceForCausalLM(TraceConfig(**gpt2, **latent, separator_token_ids=[3], max_segments=8)).eval()
     out.append(("trace", trace, {"input_ids": ids}, {"DellaBlock"}))
     out.append(("jiuge", JiugeForCausalLM(JiugeConfig(**gpt2)).eval(), {"input_ids": ids}, {"GPT2Block"}))
+    from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeForCausalLM, CpmBeeTokenizer
+
+    tok = CpmBeeTokenizer(str(Path(__file__).parent / "fixtures" / "cpmbee" / "vocab.txt"))
+    bee = CpmBeeConfig(
+        vocab_size=tok.vocab_size, hidden_size=32, dim_ff=64, num_hidden_layers=2, num_attention_heads=2, dim_head=16,
+        position_bias_num_buckets=32, position_bias_max_distance=128, position_bias_num_segment_buckets=80,
+    )  # fmt: skip
+    batch = tok([{"input": "Hello world", "<ans>": "hi"}, {"input": "今天天气不错", "<ans>": "图片"}])
+    bee_inputs = {k: v for k, v in batch.items() if k != "labels"}
+    out.append(("cpmbee", CpmBeeForCausalLM(bee).eval(), bee_inputs, {"CpmBeeTransformerBlock"}))
     return out
 
 
@@ -114,7 +124,9 @@ def _first_tensor(output):
     raise AssertionError(f"no logits/last_hidden_state in {type(output).__name__}")
 
 
-@pytest.mark.parametrize("index", range(6), ids=["muffin", "viscpm_chat", "beit3", "della", "trace", "jiuge"])
+@pytest.mark.parametrize(
+    "index", range(7), ids=["muffin", "viscpm_chat", "beit3", "della", "trace", "jiuge", "cpmbee"]
+)
 def test_no_split_modules_wrap_every_layer(index, gloo_group):
     """`_no_split_modules` (gathered by transformers from every sub-model) names exactly the repeated layer classes;
     wrapping each of them with FSDP2's `fully_shard` (accelerate's TRANSFORMER_BASED_WRAP) leaves no layer in the
