@@ -6,8 +6,9 @@ Sections (`--only` picks some):
 * `dpo`: dense DPO vs TRL's DPOTrainer on a ~1.2B-parameter Muffin (Llama-style LLM 2048 x 16 layers + BEiT-3 base
   bridge): step time, peak memory and MFU for TRL (live reference), DenseDPOTrainer (live reference) and
   DenseDPOTrainer with precomputed per-token reference log-probs (no reference in memory).
-* `generate`: Muffin vs Llava, same LLM weights and same vision width/depth: time to first token (prefill of image +
-  prompt) and decode throughput; Muffin feeds 64 query tokens, Llava one per patch (196 at 224 px).
+* `generate`: `benchmarks/muffin_generate.py` at its `full` preset (Muffin-13B vs LLaVA-1.5-13B sizes, same LLM
+  weights, random): time to first token and decode throughput; Muffin feeds the LLM 64 query tokens, LLaVA-1.5 576
+  patch tokens (336 px / 14).
 * `paint`: VisCPM-Paint vs Stable Diffusion at 512 px, same SD-1.5-sized UNet, VAE and scheduler, 20 DDIM steps,
   classifier-free guidance; Paint's text encoder is a 1B LLM (as VisCPM-Paint's CPM-Bee), SD's is CLIP ViT-L's.
 * `quant`: Muffin-1B loaded in bf16 vs bitsandbytes NF4 (QLoRA) and torchao int8: weight memory and logit error, and
@@ -209,30 +210,27 @@ def bench_dpo(args, size: dict, dtype, device: str) -> dict:
 
 # ------------------------------------------------------------------------------------------------ generate
 def bench_generate(args, size: dict, dtype, device: str) -> dict:
+    """benchmarks/muffin_generate.py's comparison: its `full` preset (Muffin-13B vs LLaVA-1.5-13B sizes, random
+    weights, ~26 GB each in bf16) when the GPU has the memory, else its `scaled` preset; `tiny` in the dry run."""
     import muffin_generate as mg
 
-    key = "_gpu_bench"
-    mg.SIZES[key] = (size["hidden"], size["layers"], size["heads"], size["image"])
-    (muffin, m_in), (llava, l_in) = mg.build(key, size["queries"], device, dtype)
+    if device != "cuda":
+        preset = "tiny"
+    else:
+        preset = "full" if torch.cuda.get_device_properties(0).total_memory > 70 * 2**30 else "scaled"
+    (muffin, m_in), (llava, l_in) = mg.build(preset, size["queries"], device, dtype)
     for model in (muffin, llava):  # transformers' default attention when torch has it
         assert model.config.text_config._attn_implementation == "sdpa", model.config.text_config._attn_implementation
     rm, rl = mg.measure_pair([(muffin, m_in), (llava, l_in)], args.new_tokens, args.repeats, device)
     del muffin, llava
     reset_memory(device)
     return {
+        "preset": preset,
         "new_tokens": args.new_tokens,
-        "muffin": {
-            "prompt_tokens": rm["prompt_tokens"],
-            "ttft_s": rm["prefill_s"],
-            "decode_tok_per_s": rm["tok_per_s"],
-        },
-        "llava": {
-            "prompt_tokens": rl["prompt_tokens"],
-            "ttft_s": rl["prefill_s"],
-            "decode_tok_per_s": rl["tok_per_s"],
-        },
-        "ttft_speedup_muffin": rl["prefill_s"] / rm["prefill_s"],
-        "throughput_ratio_muffin_over_llava": rm["tok_per_s"] / rl["tok_per_s"],
+        "muffin": rm,
+        "llava": rl,
+        "ttft_speedup_muffin": rl["ttft_s"] / rm["ttft_s"],
+        "throughput_ratio_muffin_over_llava": rm["decode_tok_per_s"] / rl["decode_tok_per_s"],
     }
 
 
@@ -428,7 +426,7 @@ def table(results: dict) -> str:
                       f"{d['ratio_precomputed_over_trl_step']:.2f}", ""]  # fmt: skip
     if "generate" in results:
         g = results["generate"]
-        lines += ["## Muffin vs Llava generation", "", "| model | prompt tokens | TTFT ms | decode tok/s |",
+        lines += [f"## Muffin vs Llava generation (muffin_generate preset {g['preset']})", "", "| model | prompt tokens | TTFT ms | decode tok/s |",
                   "|---|---|---|---|"]  # fmt: skip
         for name in ("muffin", "llava"):
             r = g[name]
