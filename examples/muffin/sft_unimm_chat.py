@@ -3,6 +3,11 @@
     accelerate launch examples/muffin/sft_unimm_chat.py --model_name_or_path muffin-13b-hf \
         --train_files UniMM-Chat_*.parquet --output_dir out/muffin-sft --bf16 --gradient_checkpointing
 
+On 8 GPUs, with a config from examples/accelerate_configs/ (FSDP2 wraps every BEiT-3 and LLM layer; see docs/scale.md):
+
+    accelerate launch --config_file examples/accelerate_configs/fsdp2.yaml examples/muffin/sft_unimm_chat.py \
+        --model_name_or_path muffin-13b-hf --train_files UniMM-Chat_*.parquet --output_dir out/muffin-sft --bf16
+
 Muffin's SFT recipe: lr 2e-5, cosine, warmup 3 %, weight decay 0, max length 2048, loss on assistant turns only.
 Smoke test on the CPU:
 
@@ -82,7 +87,16 @@ def main(argv=None) -> None:
         logging_steps=1,
         save_strategy="no",
     )
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset, processing_class=processor)
+    from hf_ext.utils.fsdp import FSDP2FusedLMHeadCallback
+
+    # under FSDP2, TRL's fused LM head needs the LM head's unit unsharded with the backbone (no-op otherwise)
+    trainer = SFTTrainer(
+        model=model,
+        args=config,
+        train_dataset=dataset,
+        processing_class=processor,
+        callbacks=[FSDP2FusedLMHeadCallback()],
+    )
     trainer.train()
     trainer.save_model(args.output_dir)
     processor.save_pretrained(args.output_dir)

@@ -21,13 +21,15 @@ from trl import DPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
-from trl.trainer.utils import hash_module, use_adapter
+from trl.trainer.utils import use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
+from ...utils.fsdp import FSDP2FusedLMHeadCallback
 from . import ref_logps_cache
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
 from .dense_dpo_config import DenseDPOConfig
+from .sharding import is_sharded_module, num_padding_batches, reference_hash
 from .weights import dense_sequence_scores, dense_token_coefficients, segment_token_mask
 
 check_trl_compat()
@@ -219,6 +221,9 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 **diff_kwargs,
             )
 
+        if self.is_fsdp_enabled:  # TRL's fused LM head under FSDP2: see `hf_ext.utils.fsdp`
+            self.add_callback(FSDP2FusedLMHeadCallback())
+
         # Hooks that rescale the per-token log-probs of the policy and of the live reference.
         self._dense_scaler = _LogProbScaler()
         self.model.register_forward_hook(self._dense_scaler, with_kwargs=True)
@@ -227,7 +232,7 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
 
         if self._dense_precompute:
             self.precompute_ref_logps = True  # `_compute_loss` reads `ref_chosen_logps` / `ref_rejected_logps`
-            self._dense_ref_hash = hash_module(self.ref_model or self.model)
+            self._dense_ref_hash = reference_hash(self.ref_model or self.model)
             self.train_dataset = self._precompute_ref_token_logps(self.train_dataset, "train")
             if isinstance(self.eval_dataset, dict):
                 self.eval_dataset = {k: self._precompute_ref_token_logps(v, k) for k, v in self.eval_dataset.items()}
@@ -324,6 +329,10 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 rejected = per_token[n + i][scored[n + i]].float().cpu().tolist()
                 rows.append((indices[position], chosen, rejected))
                 position += 1
+        if is_sharded_module(self.ref_model):  # a sharded forward is a collective: join the busiest rank's count
+            padding = self.data_collator([dataset[0]])
+            for _ in range(num_padding_batches(len(dataset), rank, world, batch_size)):
+                self._reference_per_token_logps(padding)
         rows = gather_object(rows) if world > 1 else rows
         if self.accelerator.is_main_process:
             rows = [(chosen, rejected) for _, chosen, rejected in sorted(rows, key=lambda r: r[0])]
