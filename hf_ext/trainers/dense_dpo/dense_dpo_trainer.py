@@ -258,16 +258,17 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *DENSE_COLUMNS]))
 
-    def _with_training_chat_template(self, dataset, dataset_name: str, processing_class=None):
+    def _with_training_chat_template(self, dataset, dataset_name: str, processing_class=None, args=None):
         """Set the training chat template on the rows (`chat_template_kwargs`) and check TRL's prompt split."""
         if dataset is None or isinstance(dataset, str):
             return dataset
         processing_class = processing_class if processing_class is not None else self.processing_class
+        args = args if args is not None else self.args  # `_prepare_dataset` runs before `Trainer.__init__` sets it
         first = next(iter(dataset))
         if "prompt_ids" in first or not is_conversational(first):  # already tokenized, or no template involved
             return dataset
-        template = resolve_training_chat_template(processing_class, self.args.chat_template)
-        if template is not None and self.args.chat_template is None:
+        template = resolve_training_chat_template(processing_class, args.chat_template)
+        if template is not None and args.chat_template is None:
             logger.info_once(
                 f"Rendering the conversations with the processor's training chat template {template!r} "
                 "(`training_chat_template`); set `chat_template` in the DenseDPOConfig to choose another one."
@@ -277,7 +278,7 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         return dataset
 
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
-        dataset = self._with_training_chat_template(dataset, dataset_name, processing_class)
+        dataset = self._with_training_chat_template(dataset, dataset_name, processing_class, args)
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         first = next(iter(dataset))
         if "chosen_segments" not in first and "rejected_segments" not in first:
