@@ -83,7 +83,8 @@ def test_default_muffin_processor_trains_in_the_v0_training_format(tmp_path):
     assert processor.chat_template == templates_before
     # the evaluation prompt (what generation uses) is still the default
     eval_prompt = processor.apply_chat_template(
-        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}], add_generation_prompt=True
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": PROMPT}]}],
+        add_generation_prompt=True,
     )
     assert eval_prompt == f"{SYSTEM}\n###Human: {PROMPT}\n<image>\n###"
 

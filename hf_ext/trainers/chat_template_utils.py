@@ -220,12 +220,15 @@ def check_prompt_completion_split(
             if _split_problem(processing_class, example, {**kwargs, "chat_template": name}) is None
         ]
         hint = f" (templates of this processor that render this row consistently: {working})" if working else ""
+        own = getattr(processing_class, "training_chat_template", None)
+        if own in working:
+            hint = f" (the processor's own training template is {own!r}; all that render this row consistently: {working})"
         raise ValueError(
             f"{dataset_name} dataset, row {index}: the chat template {label} does not render the prompt as a prefix "
-            f"of the prompt + {side}. Rendered with `add_generation_prompt=True` the prompt is {_excerpt(prompt, common)} "
-            f"from character {max(0, common - 40)}, but prompt + {side} is {_excerpt(full, common)}. TRL keeps their "
-            f"common prefix as the prompt, so this row would be trained on the completion {full[common:][:120]!r}… "
-            "with part of the prompt in it. Choose a training template whose generation prompt is a prefix of the "
+            f"of the prompt + {side}. They differ from character {common}: rendered with `add_generation_prompt=True` "
+            f"the prompt is {_excerpt(prompt, common)}, but prompt + {side} is {_excerpt(full, common)}. TRL keeps "
+            f"their common prefix as the prompt, so this row would be trained on the completion "
+            f"{_excerpt(full[common:], 0)}, with part of the prompt in it. Choose a training template whose generation prompt is a prefix of the "
             f"full conversation: `{option}=NAME` in the trainer's config (`--{option} NAME` on the command line){hint}, "
             "or give each row a `chat_template_kwargs` column such as `{'chat_template': NAME}`."
         )
