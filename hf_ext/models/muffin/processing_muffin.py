@@ -24,6 +24,9 @@ Named chat templates (``processor.chat_template`` is a dict; pick one with
   the generalisation of the original's single-turn prompt; the original has no multi-turn inference prompt with an
   image: ``MuffinForMultiTurnChat.resume`` re-renders the history in the training format and drops the image).
 
+``processor.training_chat_template`` names the template trainers render prompt/completion rows with (``"muffin_v0"``
+when the default is ``"muffin_original"``); hf_ext's ``DenseDPOTrainer`` uses it unless told otherwise.
+
 ``<image>`` is expanded by the processor to ``<im_start>`` + ``num_query`` x ``<im_patch>`` + ``<im_end>``.
 Assistant turns are ``{% generation %}`` blocks (``return_assistant_tokens_mask=True``, TRL's ``assistant_only_loss``):
 ``"### Assistant: {answer}\\n###"``, i.e. the whole turn and the ``"###"`` stop marker after it.
