@@ -21,7 +21,7 @@ from trl import DPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
-from trl.trainer.utils import hash_module, use_adapter
+from trl.trainer.utils import global_then_local_main_first, hash_module, use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
 from ..chat_template_utils import (
@@ -273,7 +273,8 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
                 f"Rendering the conversations with the processor's training chat template {template!r} "
                 "(`training_chat_template`); set `chat_template` in the DenseDPOConfig to choose another one."
             )
-        dataset = apply_training_chat_template(dataset, template, dataset_name)
+        with global_then_local_main_first():  # as TRL's own dataset preparation: one process writes the map cache
+            dataset = apply_training_chat_template(dataset, template, dataset_name)
         check_prompt_completion_split(dataset, processing_class, dataset_name)
         return dataset
 
