@@ -216,3 +216,20 @@ def test_cli_flag():
         args=["--model_name_or_path", "m", "--output_dir", "out", "--chat_template", "muffin_v0", "--use_cpu"]
     )
     assert training_args.chat_template == "muffin_v0"
+
+
+def test_processor_training_template_attribute(tmp_path):
+    from hf_ext.models.muffin import MuffinProcessor
+
+    assert tiny_muffin(chat_template="muffin_original")[1].training_chat_template == "muffin_v0"
+    assert tiny_muffin(chat_template="hf_ext_v1")[1].training_chat_template is None  # its default trains as is
+    _, processor = tiny_muffin()
+    processor.save_pretrained(tmp_path)
+    assert MuffinProcessor.from_pretrained(tmp_path).training_chat_template == "muffin_v0"
+    with pytest.raises(ValueError, match="training_chat_template='v0' is not one of the processor's chat templates"):
+        MuffinProcessor(
+            image_processor=processor.image_processor,
+            tokenizer=processor.tokenizer,
+            num_query=processor.num_query,
+            training_chat_template="v0",
+        )
