@@ -160,7 +160,7 @@ THINK_TEMPLATE = (  # DeepSeek-R1 style: the generation prompt adds a token the 
 )
 
 
-def _text_trainer(tmp_path, template, **config):
+def _text_trainer(tmp_path, template, extra=None, **config):
     tokenizer = tiny_tokenizer()
     tokenizer.chat_template = template
     rows = Dataset.from_list(
@@ -169,6 +169,7 @@ def _text_trainer(tmp_path, template, **config):
                 "prompt": [{"role": "user", "content": "describe the image ."}],
                 "chosen": [{"role": "assistant", "content": "a red circle is on the left ."}],
                 "rejected": [{"role": "assistant", "content": "a blue circle is on the left ."}],
+                **(extra or {}),
             }
         ]
         * 2
@@ -233,3 +234,24 @@ def test_processor_training_template_attribute(tmp_path):
             num_query=processor.num_query,
             training_chat_template="v0",
         )
+
+
+def test_explicit_segments_follow_the_training_template(tmp_path):
+    """Character spans are mapped to tokens in the row's training template (the collator renders as TRL does)."""
+    rows = _vision_rows(chosen_segments=[[2, 5]], rejected_segments=[[2, 6]])  # "red" / "blue"
+    trainer = _muffin_trainer(tmp_path, rows)
+    batch = trainer.data_collator([dict(trainer.train_dataset[0])])
+    tok = trainer.processing_class.tokenizer
+    for row, word in ((0, "red"), (1, "blue")):
+        flagged = batch["input_ids"][row][batch["corrected_mask"][row]].tolist()
+        assert tok.decode(flagged).strip() == word
+
+
+def test_text_segments_follow_the_config_template(tmp_path):
+    extra = {"chosen_segments": [[2, 5]], "rejected_segments": [[2, 6]]}  # "red" / "blue"
+    trainer = _text_trainer(tmp_path, SPLIT_TEMPLATE, extra=extra, chat_template=PREFIX_TEMPLATE)
+    batch = trainer.data_collator([dict(trainer.train_dataset[0])])
+    tok = trainer.processing_class
+    for row, word in ((0, "red"), (1, "blue")):
+        flagged = batch["input_ids"][row][batch["corrected_mask"][row]].tolist()
+        assert tok.decode(flagged).strip() == word
