@@ -24,6 +24,9 @@ Named chat templates (``processor.chat_template`` is a dict; pick one with
   the generalisation of the original's single-turn prompt; the original has no multi-turn inference prompt with an
   image: ``MuffinForMultiTurnChat.resume`` re-renders the history in the training format and drops the image).
 
+``processor.training_chat_template`` names the template trainers render prompt/completion rows with (``"muffin_v0"``
+when the default is ``"muffin_original"``); hf_ext's ``DenseDPOTrainer`` uses it unless told otherwise.
+
 ``<image>`` is expanded by the processor to ``<im_start>`` + ``num_query`` x ``<im_patch>`` + ``<im_end>``.
 Assistant turns are ``{% generation %}`` blocks (``return_assistant_tokens_mask=True``, TRL's ``assistant_only_loss``):
 ``"### Assistant: {answer}\\n###"``, i.e. the whole turn and the ``"###"`` stop marker after it.
@@ -202,6 +205,12 @@ class MuffinProcessor(ProcessorMixin):
             A Jinja template, a dict of named templates, or the name of a built-in template (`"muffin_original"`,
             `"muffin_v0"`, `"muffin_eval"`, `"hf_ext_v1"`, see the module docstring) to use as the default. Defaults to all
             built-in templates with `"muffin_original"` (the original code's formats) as the default.
+        training_chat_template (`str`, *optional*):
+            Name of the template trainers render prompt/completion training rows with when the user chooses none
+            (read by hf_ext's [`DenseDPOTrainer`], see [`~hf_ext.trainers.chat_template_utils`]). Defaults to
+            `"muffin_v0"` (the v0 training format, prefix-consistent, what RLHF-V's DPO trained with) when the default
+            template is `"muffin_original"`, whose generation prompt is the *evaluation* prompt and so is not a prefix
+            of prompt + answer; otherwise to `None` (the default template is used for training too).
         image_token (`str`, *optional*, defaults to `"<image>"`):
             Placeholder for an image in the text (never reaches the tokenizer).
         image_patch_token, image_start_token, image_end_token (`str`, *optional*):
@@ -216,6 +225,7 @@ class MuffinProcessor(ProcessorMixin):
         tokenizer=None,
         num_query: int = 64,
         chat_template: str | dict[str, str] | None = None,
+        training_chat_template: str | None = None,
         image_token: str = "<image>",
         image_patch_token: str = "<im_patch>",
         image_start_token: str | None = "<im_start>",
@@ -244,6 +254,18 @@ class MuffinProcessor(ProcessorMixin):
             chat_template = {"default": MUFFIN_ORIGINAL_CHAT_TEMPLATE, **MUFFIN_CHAT_TEMPLATES}
         elif isinstance(chat_template, str) and chat_template in MUFFIN_CHAT_TEMPLATES:
             chat_template = {"default": MUFFIN_CHAT_TEMPLATES[chat_template], **MUFFIN_CHAT_TEMPLATES}
+        if training_chat_template is None and isinstance(chat_template, dict):
+            if chat_template.get("default") == MUFFIN_ORIGINAL_CHAT_TEMPLATE and "muffin_v0" in chat_template:
+                training_chat_template = "muffin_v0"
+        elif training_chat_template is not None and (
+            not isinstance(chat_template, dict) or training_chat_template not in chat_template
+        ):
+            names = sorted(chat_template) if isinstance(chat_template, dict) else []
+            raise ValueError(
+                f"training_chat_template={training_chat_template!r} is not one of the processor's chat templates "
+                f"({names}); pass the name of one of them or None."
+            )
+        self.training_chat_template = training_chat_template
         super().__init__(image_processor, tokenizer, chat_template=chat_template)
         self.image_token_ids = [
             t for t in (self.image_patch_token_id, self.image_start_token_id, self.image_end_token_id) if t is not None

@@ -204,6 +204,8 @@ class DataCollatorForDenseVisionPreference(DataCollatorForVisionPreference):
                 "chosen": prepare_multimodal_messages(copy.deepcopy(example["chosen"])),
                 "rejected": prepare_multimodal_messages(copy.deepcopy(example["rejected"])),
             }
+            if example.get("chat_template_kwargs"):  # rendered as TRL renders the row
+                prepared["chat_template_kwargs"] = example["chat_template_kwargs"]
             rendered = apply_chat_template(prepared, self.processor)
             texts = {side: (rendered[side], _message_text(example[side], where)) for side in ("chosen", "rejected")}
         else:

@@ -52,6 +52,17 @@ class DenseDPOConfig(DPOConfig):
             Token diff: also weight pure insertions (tokens only in the chosen answer) and pure deletions (tokens only
             in the rejected answer). The official code weights replacements only.
 
+        > Parameters that control the data
+
+        chat_template (`str`, *optional*):
+            Chat template used to render conversational rows: the name of one of the processing class's templates
+            (e.g. `"muffin_v0"`) or a Jinja template. It is passed per row through TRL's `chat_template_kwargs`
+            (a row that names its own `chat_template` keeps it); the processing class is not modified. Defaults to
+            the processing class's `training_chat_template` when it has one (a [`~hf_ext.models.muffin.MuffinProcessor`]
+            with the original formats names `"muffin_v0"`, the v0 training format RLHF-V trained with), else to its
+            default template. The trainer checks the first row of each dataset and raises a `ValueError` if the
+            template does not render the prompt as a prefix of prompt + completion (TRL would mis-split it).
+
         > Parameters that control the training
 
         sft_weight (`float`, *optional*, defaults to `0.0`):
@@ -88,6 +99,13 @@ class DenseDPOConfig(DPOConfig):
     )
     dense_weight_insertions: bool = field(
         default=False, metadata={"help": "Token diff: also weight pure insertions and deletions (official: False)."}
+    )
+    chat_template: str | None = field(
+        default=None,
+        metadata={
+            "help": "Chat template for conversational rows: a template name of the processor (e.g. muffin_v0) or a "
+            "Jinja template. Default: the processor's training_chat_template, else its default template."
+        },
     )
     sft_weight: float = field(
         default=0.0, metadata={"help": "Weight of the SFT term on the chosen answer (official SFT_weight)."}

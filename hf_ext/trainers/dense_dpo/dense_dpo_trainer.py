@@ -21,10 +21,15 @@ from trl import DPOTrainer
 from trl.data_utils import is_conversational
 from trl.models.utils import disable_gradient_checkpointing
 from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVisionPreference
-from trl.trainer.utils import use_adapter
+from trl.trainer.utils import global_then_local_main_first, use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
 from ...utils.fsdp import FSDP2FusedLMHeadCallback
+from ..chat_template_utils import (
+    apply_training_chat_template,
+    check_prompt_completion_split,
+    resolve_training_chat_template,
+)
 from . import ref_logps_cache
 from ._compat import check_trl_compat
 from .collators import DENSE_COLUMNS, DataCollatorForDensePreference, DataCollatorForDenseVisionPreference
@@ -197,6 +202,13 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
             peft_config=peft_config,
         )
         self.args.precompute_ref_log_probs = self._dense_precompute
+        if self._is_vision_dataset:
+            # TRL renders vision rows in its collator (text rows were rendered by `_prepare_dataset`).
+            self.train_dataset = self._with_training_chat_template(self.train_dataset, "train")
+            if isinstance(self.eval_dataset, dict):
+                self.eval_dataset = {k: self._with_training_chat_template(v, k) for k, v in self.eval_dataset.items()}
+            else:
+                self.eval_dataset = self._with_training_chat_template(self.eval_dataset, "eval")
         # LD-DPO's tail factor is folded into the dense coefficients (one scoring rule for policy, live and
         # precomputed reference), so TRL's own `ld_alpha` reduction is switched off: TRL just sums.
         self._dense_ld_alpha = self.ld_alpha
@@ -251,12 +263,33 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         super()._set_signature_columns_if_needed()
         self._signature_columns = list(dict.fromkeys([*self._signature_columns, *DENSE_COLUMNS]))
 
+    def _with_training_chat_template(self, dataset, dataset_name: str, processing_class=None, args=None):
+        """Set the training chat template on the rows (`chat_template_kwargs`) and check TRL's prompt split."""
+        if dataset is None or isinstance(dataset, str):
+            return dataset
+        processing_class = processing_class if processing_class is not None else self.processing_class
+        args = args if args is not None else self.args  # `_prepare_dataset` runs before `Trainer.__init__` sets it
+        first = next(iter(dataset))
+        if "prompt_ids" in first or not is_conversational(first):  # already tokenized, or no template involved
+            return dataset
+        template = resolve_training_chat_template(processing_class, args.chat_template)
+        if template is not None and args.chat_template is None:
+            logger.info_once(
+                f"Rendering the conversations with the processor's training chat template {template!r} "
+                "(`training_chat_template`); set `chat_template` in the DenseDPOConfig to choose another one."
+            )
+        with global_then_local_main_first():  # as TRL's own dataset preparation: one process writes the map cache
+            dataset = apply_training_chat_template(dataset, template, dataset_name)
+        check_prompt_completion_split(dataset, processing_class, dataset_name)
+        return dataset
+
     def _prepare_dataset(self, dataset, processing_class, args, dataset_name):
+        dataset = self._with_training_chat_template(dataset, dataset_name, processing_class, args)
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
         first = next(iter(dataset))
         if "chosen_segments" not in first and "rejected_segments" not in first:
             return dataset
-        map_kwargs = {"with_indices": True, "fn_kwargs": {"tokenizer": self._tokenizer}}
+        map_kwargs = {"with_indices": True, "fn_kwargs": {"processing_class": processing_class}}
         if isinstance(dataset, Dataset):
             map_kwargs["desc"] = f"Mapping segments to tokens in {dataset_name} dataset"
         return dataset.map(_text_segment_masks, **map_kwargs)
@@ -359,6 +392,13 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         return outputs.log_probs[:, -scored.size(1) :], scored
 
     def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval"):
+        if self._is_vision_dataset and eval_dataset is not None and not isinstance(eval_dataset, str):
+            # Text datasets get the training chat template in `_prepare_dataset`; vision rows are rendered by the
+            # collator.
+            if isinstance(eval_dataset, dict):
+                eval_dataset = {k: self._with_training_chat_template(v, k) for k, v in eval_dataset.items()}
+            else:
+                eval_dataset = self._with_training_chat_template(eval_dataset, metric_key_prefix)
         # TRL precomputes reference log-probs for late text datasets only; do it for vision datasets too.
         if self._dense_precompute and self._is_vision_dataset and eval_dataset is not None:
             if not isinstance(eval_dataset, str):
@@ -438,8 +478,9 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
-def _text_segment_masks(example: dict[str, Any], index: int, tokenizer) -> dict[str, Any]:
+def _text_segment_masks(example: dict[str, Any], index: int, processing_class) -> dict[str, Any]:
     """Map `chosen_segments` / `rejected_segments` (character spans) of a tokenized text row to token flags."""
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)
     chosen_spans, rejected_spans = example.get("chosen_segments"), example.get("rejected_segments")
     if chosen_spans is None and rejected_spans is None:
         return {"chosen_segment_mask": None, "rejected_segment_mask": None}
@@ -455,7 +496,9 @@ def _text_segment_masks(example: dict[str, Any], index: int, tokenizer) -> dict[
             if len(messages) != 1 or not isinstance(messages[0]["content"], str):
                 raise ValueError(f"{where}: segments need a {side} completion of one assistant message with text.")
             content = messages[0]["content"]
-            rendered = tokenizer.apply_chat_template(example["prompt"] + messages, tokenize=False)
+            rendered = processing_class.apply_chat_template(
+                example["prompt"] + messages, tokenize=False, **(example.get("chat_template_kwargs") or {})
+            )
             shift = rendered.rfind(content)
             enc = tokenizer(rendered, add_special_tokens=False, return_offsets_mapping=True)
         else:
