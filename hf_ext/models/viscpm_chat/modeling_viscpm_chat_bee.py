@@ -165,7 +165,7 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             inputs_embeds=inputs_embeds,
             ext_table_ids=ext_table_ids,
             ext_table_sub=ext_table_sub,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
