@@ -343,6 +343,21 @@ class CpmBeeModel(CpmBeePreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.input_embedding = value
 
+    def project_to_vocab(
+        self,
+        hidden: torch.Tensor,
+        ext_table_ids: torch.LongTensor | None = None,
+        ext_table_sub: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of `hidden`: the (tied) input embedding's projection plus the extension-table columns.
+
+        When an adapter wraps the input embedding (PEFT LoRA on `input_embedding`), the projection uses the wrapped
+        base layer: the adapter changes the input side only, as with any tied `lm_head` under PEFT.
+        """
+        embedding = self.input_embedding
+        embedding = getattr(embedding, "base_layer", embedding)
+        return embedding.projection(hidden, ext_table_ids, ext_table_sub)
+
     def embed(
         self,
         input_ids: torch.LongTensor,
@@ -675,7 +690,7 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             if ext_table_sub is not None
             else (torch.zeros_like(ext_ids) if ext_ids is not None else None)
         )
-        logits = self.cpmbee.input_embedding.projection(hidden, ext_ids, ext_sub)
+        logits = self.cpmbee.project_to_vocab(hidden, ext_ids, ext_sub)
         loss = None
         targets = shift_labels if shift_labels is not None else labels
         if targets is not None:

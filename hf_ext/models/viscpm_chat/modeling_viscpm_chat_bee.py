@@ -184,7 +184,7 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             hidden = hidden[:, -logits_to_keep:]
         ext_ids = torch.as_tensor(ext_table_ids, device=hidden.device) if ext_table_ids is not None else None
         ext_sub = torch.as_tensor(ext_table_sub, device=hidden.device) if ext_table_sub is not None else None
-        logits = llm.input_embedding.projection(hidden, ext_ids, ext_sub)
+        logits = llm.project_to_vocab(hidden, ext_ids, ext_sub)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(
