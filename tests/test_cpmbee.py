@@ -263,7 +263,8 @@ def test_input_embedding_is_an_embedding_and_lora_wraps_it(model):
         lora = peft_model.base_model.model.cpmbee.input_embedding
         torch.nn.init.normal_(lora.lora_embedding_A["default"])
         torch.nn.init.normal_(lora.lora_embedding_B["default"])
-        delta = (lora.lora_embedding_A["default"].T[ids] @ lora.lora_embedding_B["default"].T) * lora.scaling["default"]
+        a, b = lora.lora_embedding_A["default"], lora.lora_embedding_B["default"]
+        delta = (a.T[ids] @ b.T) * lora.scaling["default"]
         torch.testing.assert_close(
             lora(ids, torch.zeros_like(ids)), model.cpmbee.input_embedding(ids, torch.zeros_like(ids)) + delta
         )
