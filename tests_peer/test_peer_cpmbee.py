@@ -10,9 +10,11 @@ import unittest
 from pathlib import Path
 
 import torch
+from peer_utils import provide_pipeline_checkpoints
 from tests.generation.test_utils import GenerationTesterMixin
 from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin
+from tests.test_pipeline_mixin import PipelineTesterMixin
 
 from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeForCausalLM, CpmBeeModel, CpmBeeTokenizer
 
@@ -73,11 +75,18 @@ class CpmBeeModelTester:
         return {k: v for k, v in inputs.items() if k not in PER_TOKEN and k != "segment_rel"}
 
 
-class CpmBeeModelTest(ModelTesterMixin, GenerationTesterMixin, unittest.TestCase):
+class CpmBeeModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase):
     all_model_classes = (CpmBeeModel, CpmBeeForCausalLM)
+    # plain text in, CPM-Bee as a causal LM (its structured prompts need `CpmBeeTokenizer.prepare_for_generation`)
+    pipeline_model_mapping = {"feature-extraction": CpmBeeModel, "text-generation": CpmBeeForCausalLM}
     # the output projection is the input embedding plus per-batch extension columns, with CPM-Bee's own scaling
     # (`CpmBeeEmbeddingExt`, not an `nn.Embedding`/`nn.Linear` pair): transformers' resizing does not apply
     test_resize_embeddings = False
+
+    @classmethod
+    def setUpClass(cls):
+        # tiny checkpoints for the pipeline mixin (in place of the Hub's hf-internal-testing models)
+        provide_pipeline_checkpoints(CpmBeeModelTester(None).get_config(), (CpmBeeModel, CpmBeeForCausalLM))
 
     def setUp(self):
         self.model_tester = CpmBeeModelTester(self)
