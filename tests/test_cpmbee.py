@@ -246,6 +246,32 @@ def test_ext_ids_embed_as_their_table_entry(model):
         model.cpmbee.embed(torch.tensor([[627]]), None, ext_ids, ext_sub)
 
 
+def test_input_embedding_is_an_embedding_and_lora_wraps_it(model):
+    # `get_input_embeddings()` is an nn.Embedding (what transformers and PEFT look for); with LoRA on it the output
+    # projection keeps using the (tied) base weight, and at LoRA's zero init the logits are the base model's
+    import copy
+
+    from peft import LoraConfig, get_peft_model
+
+    assert isinstance(model.get_input_embeddings(), torch.nn.Embedding)
+    ids = torch.tensor([[6, 8, 7, 6, 145, 7]])
+    with torch.no_grad():
+        base = model(ids).logits
+        peft_model = get_peft_model(copy.deepcopy(model), LoraConfig(target_modules=["input_embedding"], r=2))
+        torch.testing.assert_close(peft_model(input_ids=ids).logits, base)
+        # a non-zero adapter moves the input embeddings by scaling * A[ids] @ B^T and nothing else
+        lora = peft_model.base_model.model.cpmbee.input_embedding
+        torch.nn.init.normal_(lora.lora_embedding_A["default"])
+        torch.nn.init.normal_(lora.lora_embedding_B["default"])
+        a, b = lora.lora_embedding_A["default"], lora.lora_embedding_B["default"]
+        delta = (a.T[ids] @ b.T) * lora.scaling["default"]
+        torch.testing.assert_close(
+            lora(ids, torch.zeros_like(ids)), model.cpmbee.input_embedding(ids, torch.zeros_like(ids)) + delta
+        )
+    with pytest.raises(NotImplementedError, match="resize"):
+        model.resize_token_embeddings(700)
+
+
 def test_auto_classes_and_save_load(model, tmp_path):
     from transformers import AutoConfig, AutoModelForCausalLM
 

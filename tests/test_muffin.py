@@ -226,6 +226,22 @@ def test_generate_cache_equals_no_cache(muffin):
     assert len(set(with_cache[0, -8:].tolist())) > 1  # the test model is input-sensitive
 
 
+def test_generate_returns_the_language_models_hidden_states(muffin):
+    # the image encoder must not swallow generate's output flags: each step carries the LLM's hidden states, and the
+    # prefill step's equal a forward pass over the prompt
+    model, processor = muffin
+    enc = processor(images=[_img(3)], text=_prompt(processor, 1), return_tensors="pt")
+    out = model.generate(
+        **enc, max_new_tokens=2, do_sample=False, return_dict_in_generate=True, output_hidden_states=True
+    )
+    n_layers = model.config.text_config.num_hidden_layers
+    assert len(out.hidden_states) == 2 and all(len(step) == n_layers + 1 for step in out.hidden_states)
+    with torch.no_grad():
+        reference = model(**enc, output_hidden_states=True).hidden_states
+    for got, expected in zip(out.hidden_states[0], reference):
+        torch.testing.assert_close(got, expected)
+
+
 def test_batch_with_different_image_counts(muffin):
     model, processor = muffin
     processor.tokenizer.padding_side = "left"

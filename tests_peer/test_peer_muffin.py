@@ -1,8 +1,7 @@
 """transformers' own ModelTesterMixin / ConfigTester / PipelineTesterMixin and the generation checks on Muffin.
 
 The tester supplies images with their `<im_patch>` tokens, so eager-vs-SDPA, generation and save/load equivalence run
-on the whole vision-language path. `get_image_features` and the tensor-parallel plan are fixed on the Muffin branch;
-see docs/conformance.md for what fails before it is merged.
+on the whole vision-language path.
 """
 
 import unittest

@@ -1,5 +1,5 @@
 """transformers' own ModelTesterMixin / ConfigTester and the generation checks on VisCPM-Chat (Muffin's bridge,
-mlp2 projector, on another LLM). Shares Muffin's modeling code: its fixes land with the Muffin branch."""
+mlp2 projector, on a transformers LLM; VisCPM-Chat on its original LLM, CPM-Bee, is test_peer_viscpm_chat_bee.py)."""
 
 import unittest
 

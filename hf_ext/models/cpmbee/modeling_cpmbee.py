@@ -30,7 +30,8 @@ from torch import nn
 from transformers import DynamicCache, GenerationMixin, PreTrainedModel
 from transformers.modeling_layers import GradientCheckpointingLayer
 from transformers.modeling_outputs import BaseModelOutputWithPast, CausalLMOutputWithPast
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging, torch_compilable_check
+from transformers.utils.deprecation import deprecate_kwarg
 
 from .configuration_cpmbee import CpmBeeConfig
 
@@ -123,14 +124,17 @@ class CpmBeeRMSNorm(nn.Module):
         return (x.float() * torch.rsqrt(variance + self.eps)).to(dtype) * self.weight
 
 
-class CpmBeeEmbeddingExt(nn.Module):
-    """Token embedding `E[id] / sqrt(d)` rotated by the sub-id, and the output projection with extension columns."""
+class CpmBeeEmbeddingExt(nn.Embedding):
+    """Token embedding `E[id] / sqrt(d)` rotated by the sub-id, and the output projection with extension columns.
+
+    An [`nn.Embedding`] (one `weight` of shape `(vocab_size, hidden_size)`, what transformers and PEFT look for in
+    `get_input_embeddings`) whose lookup adds CPM-Bee's scaling and sub-id rotation.
+    """
 
     def __init__(self, config: CpmBeeConfig):
-        super().__init__()
+        super().__init__(config.vocab_size, config.hidden_size)
         self.dim = config.hidden_size
         self.distance_scale = config.rotary_distance_scale
-        self.weight = nn.Parameter(torch.empty(config.vocab_size, config.hidden_size))
 
     def rotary(self, x: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
         inv_freq = 1.0 / (10000 ** (torch.arange(0, self.dim, 2, device=x.device, dtype=torch.float32) / self.dim))
@@ -140,8 +144,10 @@ class CpmBeeEmbeddingExt(nn.Module):
         rotated = torch.cat([-x2, x1], dim=-1)
         return (x * emb.cos().to(x.dtype) + rotated * emb.sin().to(x.dtype)).to(x.dtype)
 
-    def forward(self, ids: torch.Tensor, sub: torch.Tensor) -> torch.Tensor:
-        return self.rotary(F.embedding(ids, self.weight) / math.sqrt(self.dim), sub)
+    def forward(self, ids: torch.Tensor, sub: torch.Tensor | None = None) -> torch.Tensor:
+        """Embeddings of `ids` rotated by their sub-ids `sub` (defaults to zeros: no rotation)."""
+        embeddings = F.embedding(ids, self.weight) / math.sqrt(self.dim)
+        return embeddings if sub is None else self.rotary(embeddings, sub)
 
     def projection(
         self, hidden: torch.Tensor, ext_table_ids: torch.Tensor | None, ext_table_sub: torch.Tensor | None
@@ -292,6 +298,16 @@ class CpmBeePreTrainedModel(PreTrainedModel):
     _can_compile_fullgraph = False
     _supports_attention_backend = False
 
+    def resize_token_embeddings(self, *args, **kwargs):
+        """Not supported: transformers' resizing builds a plain `nn.Embedding`, which would drop CPM-Bee's embedding
+        scaling, sub-id rotation and extension-table projection. Grow `vocab_size` by converting the checkpoint."""
+        raise NotImplementedError(
+            f"{type(self).__name__} cannot resize its token embeddings: CPM-Bee's embedding (`CpmBeeEmbeddingExt`) "
+            "scales, rotates and doubles as the output projection with extension columns; a resized plain "
+            "`nn.Embedding` would silently change the model. Build a config with the new `vocab_size` and copy "
+            "the weight rows instead."
+        )
+
     @torch.no_grad()
     def _init_weights(self, module: nn.Module) -> None:
         std = self.config.init_std
@@ -327,6 +343,21 @@ class CpmBeeModel(CpmBeePreTrainedModel):
     def set_input_embeddings(self, value: nn.Module) -> None:
         self.input_embedding = value
 
+    def project_to_vocab(
+        self,
+        hidden: torch.Tensor,
+        ext_table_ids: torch.LongTensor | None = None,
+        ext_table_sub: torch.LongTensor | None = None,
+    ) -> torch.Tensor:
+        """Logits of `hidden`: the (tied) input embedding's projection plus the extension-table columns.
+
+        When an adapter wraps the input embedding (PEFT LoRA on `input_embedding`), the projection uses the wrapped
+        base layer: the adapter changes the input side only, as with any tied `lm_head` under PEFT.
+        """
+        embedding = self.input_embedding
+        embedding = getattr(embedding, "base_layer", embedding)
+        return embedding.projection(hidden, ext_table_ids, ext_table_sub)
+
     def embed(
         self,
         input_ids: torch.LongTensor,
@@ -338,18 +369,34 @@ class CpmBeeModel(CpmBeePreTrainedModel):
         if input_id_sub is None:
             input_id_sub = torch.zeros_like(input_ids)
         vocab = self.config.vocab_size
-        if bool((input_ids >= vocab).any()):
-            if ext_table_ids is None or (input_ids - vocab).max() >= ext_table_ids.numel():
-                raise ValueError(
-                    f"`input_ids` holds ids >= vocab_size ({vocab}) that are not columns of `ext_table_ids` "
-                    "(pass the ext table the ids refer to)."
-                )
-            col = (input_ids - vocab).clamp(min=0)
+        # tensor conditions (no `bool(...)`): checked eagerly, traceable by torch.export / torch.compile
+        if ext_table_ids is not None and ext_table_ids.numel() > 0:
+            if ext_table_sub is None:
+                ext_table_sub = torch.zeros_like(ext_table_ids)
             is_ext = input_ids >= vocab
+            col = (input_ids - vocab).clamp(min=0)
+            torch_compilable_check(
+                (col < ext_table_ids.numel()) | ~is_ext,
+                lambda: (
+                    f"`input_ids` holds ids >= vocab_size ({vocab}) that are not columns of `ext_table_ids` "
+                    f"({ext_table_ids.numel()} entries; pass the ext table the ids refer to)."
+                ),
+            )
+            col = col.clamp(max=ext_table_ids.numel() - 1)
             input_id_sub = torch.where(is_ext, ext_table_sub[col], input_id_sub)
             input_ids = torch.where(is_ext, ext_table_ids[col], input_ids)
+        else:
+            torch_compilable_check(
+                input_ids < vocab,
+                lambda: (
+                    f"`input_ids` holds ids >= vocab_size ({vocab}) that are not columns of `ext_table_ids` "
+                    "(pass the ext table the ids refer to)."
+                ),
+            )
         return self.input_embedding(input_ids, input_id_sub)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -570,6 +617,8 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
     def get_output_embeddings(self) -> None:
         return None  # the projection is the input embedding itself (plus extension columns)
 
+    @can_return_tuple
+    @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -590,6 +639,7 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
         cache: CpmBeeCache | None = None,
         use_cache: bool | None = None,
         labels: torch.LongTensor | None = None,
+        shift_labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
         output_attentions: bool | None = None,
         output_hidden_states: bool | None = None,
@@ -602,6 +652,9 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
                 Aligned targets (`-100` = ignored); ext-table tokens as `vocab_size + index`. The loss is the mean
                 cross-entropy over the labelled positions.
+            shift_labels (`torch.LongTensor` of shape `(batch, seq_len)`, *optional*):
+                Pre-shifted targets as transformers' causal LMs take them (what sequence parallelism passes). CPM-Bee's
+                `labels` are already aligned, so these mean the same thing; they take precedence over `labels`.
             logits_to_keep (`int`, *optional*, defaults to 0):
                 Compute logits for the last `logits_to_keep` positions only (0 = all).
         """
@@ -625,6 +678,7 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             use_cache=use_cache,
             output_attentions=output_attentions,
             output_hidden_states=output_hidden_states,
+            return_dict=True,
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
@@ -636,10 +690,13 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             if ext_table_sub is not None
             else (torch.zeros_like(ext_ids) if ext_ids is not None else None)
         )
-        logits = self.cpmbee.input_embedding.projection(hidden, ext_ids, ext_sub)
+        logits = self.cpmbee.project_to_vocab(hidden, ext_ids, ext_sub)
         loss = None
-        if labels is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100)
+        targets = shift_labels if shift_labels is not None else labels
+        if targets is not None:
+            loss = F.cross_entropy(
+                logits.float().flatten(0, 1), targets.to(logits.device).flatten(), ignore_index=-100
+            )
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,
@@ -670,6 +727,8 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             "span",
         )
         model_inputs: dict[str, Any] = {
+            "output_attentions": kwargs.get("output_attentions"),
+            "output_hidden_states": kwargs.get("output_hidden_states"),
             "ext_table_ids": kwargs.get("ext_table_ids"),
             "ext_table_sub": kwargs.get("ext_table_sub"),
             "use_cache": kwargs.get("use_cache", True),

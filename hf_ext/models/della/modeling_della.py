@@ -396,9 +396,14 @@ class DellaModel(DellaPreTrainedModel):
         if position_ids is None:
             past = cache.get_seq_length() if cache is not None else 0
             position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
-        if int(position_ids.max()) >= self.config.max_position_embeddings:
+            last = past + inputs_embeds.shape[1] - 1  # known from the shapes (no data-dependent check: exportable)
+        elif torch.compiler.is_exporting() or torch.compiler.is_compiling():
+            last = None  # given positions: a data-dependent check cannot be traced
+        else:
+            last = int(position_ids.max())
+        if last is not None and last >= self.config.max_position_embeddings:
             raise ValueError(
-                f"The sequence is longer than the context: position {int(position_ids.max())} >= "
+                f"The sequence is longer than the context: position {last} >= "
                 f"n_positions={self.config.max_position_embeddings}. Truncate the text (e.g. the tokenizer's "
                 "`max_length`)."
             )

@@ -24,7 +24,7 @@ from transformers.modeling_outputs import (
     MultimodalCausalLMOutputWithPast,
 )
 from transformers.modeling_utils import slice_logits_to_keep
-from transformers.utils import logging
+from transformers.utils import logging, torch_compilable_check
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
@@ -126,8 +126,6 @@ class MuffinModel(MuffinPreTrainedModel):
     def get_image_features(
         self,
         pixel_values: torch.Tensor,
-        output_attentions: bool | None = None,
-        output_hidden_states: bool | None = None,
         **kwargs,
     ) -> tuple | BaseModelOutputWithPooling:
         """Run the queries through BEiT-3 beside the image patches and project the query outputs.
@@ -135,19 +133,21 @@ class MuffinModel(MuffinPreTrainedModel):
         Args:
             pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
                 All images of the batch, in placeholder order.
-            output_attentions (`bool`, *optional*):
-                Return BEiT-3's attention probabilities (defaults to `config.output_attentions`).
-            output_hidden_states (`bool`, *optional*):
-                Return BEiT-3's hidden states (defaults to `config.output_hidden_states`).
-            return_dict (`bool`, *optional*):
-                Return a tuple when `False` (defaults to `config.return_dict`).
+            kwargs: `output_attentions` (`bool`, *optional*) returns BEiT-3's attention probabilities and
+                `output_hidden_states` (`bool`, *optional*) its hidden states (both default to the config's);
+                `return_dict` (`bool`, *optional*) returns a tuple when `False`. They are keyword arguments, not
+                parameters, as in transformers' Llava: `generate` hands the image encoder the model kwargs its
+                signature names and removes them from the language model's, so named output flags would be
+                consumed by the image encoder.
 
         Returns:
             [`~modeling_outputs.BaseModelOutputWithPooling`] (or a tuple): BEiT-3's output, with `pooler_output` set
             to a list of `num_images` tensors of shape `(num_query, text_hidden_size)`.
         """
+        output_attentions = kwargs.get("output_attentions")
         if output_attentions is None:
             output_attentions = self.config.output_attentions
+        output_hidden_states = kwargs.get("output_hidden_states")
         if output_hidden_states is None:
             output_hidden_states = self.config.output_hidden_states
         queries = self.query.unsqueeze(0).expand(pixel_values.shape[0], -1, -1)
@@ -174,14 +174,18 @@ class MuffinModel(MuffinPreTrainedModel):
             special_image_mask = (inputs_embeds == image_embed).all(-1)
         else:
             special_image_mask = input_ids == self.config.image_token_id
-        n_image_tokens = int(special_image_mask.sum())
+        n_image_tokens = special_image_mask.sum()
         n_image_features = image_features.shape[0] * image_features.shape[1]
-        if n_image_tokens * inputs_embeds.shape[-1] != image_features.numel():
-            raise ValueError(
-                f"Image features and image tokens do not match, tokens: {n_image_tokens}, features: "
+        # a tensor condition (not `int(...)`): checked eagerly, and a hint instead of a graph break under
+        # torch.compile / torch.export, as transformers' Llava does
+        torch_compilable_check(
+            n_image_tokens * inputs_embeds.shape[-1] == image_features.numel(),
+            lambda: (
+                f"Image features and image tokens do not match, tokens: {int(n_image_tokens)}, features: "
                 f"{n_image_features}. Each image needs exactly {self.config.num_query} `<im_patch>` tokens "
                 "(let MuffinProcessor expand the image placeholder, and do not truncate inside an image block)."
-            )
+            ),
+        )
         return special_image_mask.unsqueeze(-1).to(inputs_embeds.device)
 
     @can_return_tuple
@@ -229,12 +233,14 @@ class MuffinModel(MuffinPreTrainedModel):
             special_image_mask = self.get_placeholder_mask(input_ids, inputs_embeds, image_features)
             inputs_embeds = inputs_embeds.masked_scatter(special_image_mask, image_features)
         elif input_ids is not None and (cache is None or cache.get_seq_length() == 0):
-            n_image_tokens = int((input_ids == self.config.image_token_id).sum())
-            if n_image_tokens:
-                raise ValueError(
-                    f"Image features and image tokens do not match, tokens: {n_image_tokens}, features: 0. "
+            n_image_tokens = (input_ids == self.config.image_token_id).sum()
+            torch_compilable_check(
+                n_image_tokens == 0,
+                lambda: (
+                    f"Image features and image tokens do not match, tokens: {int(n_image_tokens)}, features: 0. "
                     "The text has image placeholders but no pixel_values were given."
-                )
+                ),
+            )
 
         outputs = self.language_model(
             attention_mask=attention_mask,

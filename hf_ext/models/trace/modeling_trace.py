@@ -168,17 +168,8 @@ def trace_token_nll(
 
 @dataclass
 class TraceOutput(TextVAEOutput):
-    """[`TextVAEOutput`] plus the decoder pass's hidden states and attentions.
-
-    Args:
-        hidden_states (`tuple(torch.FloatTensor)`, *optional*, returned when `output_hidden_states=True`): the
-            embeddings and each layer's output of the decoder pass, each `(batch, seq, hidden_size)`.
-        attentions (`tuple(torch.FloatTensor)`, *optional*, returned when `output_attentions=True`): each layer's
-            attention weights of the decoder pass, `(batch, heads, seq, seq)`.
-    """
-
-    hidden_states: tuple[torch.FloatTensor, ...] | None = None
-    attentions: tuple[torch.FloatTensor, ...] | None = None
+    """TRACE's forward output: exactly [`TextVAEOutput`] (shared with DELLA), whose `latent_output` holds the segment
+    latents; the decoder pass's `hidden_states` and `attentions` are [`TextVAEOutput`]'s fields."""
 
 
 class TraceModel(TracePreTrainedModel):

@@ -21,11 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import GenerationMixin
-from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import logging
+from transformers.utils import can_return_tuple, logging
 
 from ..cpmbee.generation_cpmbee import VISCPM_CHAT_BEAM_SETTINGS, cpmbee_beam_search
-from ..muffin.modeling_muffin import MuffinModel
+from ..muffin.modeling_muffin import MuffinCausalLMOutputWithPast, MuffinModel
 from .configuration_viscpm_chat import VisCPMChatConfig
 from .modeling_viscpm_chat import VisCPMChatPreTrainedModel
 
@@ -124,6 +123,7 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             raise ValueError(f"{len(vision_hidden_states)} images were given but image_bound places {k}.")
         return out
 
+    @can_return_tuple
     def forward(
         self,
         input_ids: torch.LongTensor | None = None,
@@ -136,7 +136,7 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
         labels: torch.LongTensor | None = None,
         logits_to_keep: int = 0,
         **kwargs,
-    ) -> CausalLMOutputWithPast:
+    ) -> tuple | MuffinCausalLMOutputWithPast:
         r"""
         Args:
             input_ids (`torch.LongTensor`): CPM-Bee ids (the image segment holds `<unk>` placeholders).
@@ -144,14 +144,26 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             vision_hidden_states (`list[torch.Tensor]`, *optional*): precomputed image states (reused across turns).
             image_bound (`list[list[tuple[int, int]]]`, *optional*): per row, the `(start, end)` spans to overwrite.
             labels (`torch.LongTensor`, *optional*): CPM-Bee's aligned targets (not shifted).
-            All other arguments are [`CpmBeeModel.forward`]'s (structured inputs, `cache`, `use_cache`...).
+            All other arguments are [`CpmBeeModel.forward`]'s (structured inputs, `cache`, `use_cache`,
+            `output_attentions`, `output_hidden_states`...).
+
+        Returns:
+            [`~hf_ext.models.muffin.MuffinCausalLMOutputWithPast`] (a tuple with `return_dict=False`): CPM-Bee's logits
+            and states, and `image_outputs` (BEiT-3's output for `pixel_values`, as [`get_image_features`] returns it).
         """
         llm = self.model.language_model
+        image_outputs = None
         if inputs_embeds is None and (pixel_values is not None or vision_hidden_states is not None):
             if image_bound is None:
                 raise ValueError("Pass `image_bound` with `pixel_values` / `vision_hidden_states`.")
             if vision_hidden_states is None:
-                vision_hidden_states = self.get_image_features(pixel_values).pooler_output
+                image_outputs = self.get_image_features(
+                    pixel_values,
+                    output_attentions=kwargs.get("output_attentions"),
+                    output_hidden_states=kwargs.get("output_hidden_states"),
+                    return_dict=True,
+                )
+                vision_hidden_states = image_outputs.pooler_output
             inputs_embeds = llm.embed(
                 input_ids,
                 kwargs.get("input_id_sub"),
@@ -165,25 +177,26 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             inputs_embeds=inputs_embeds,
             ext_table_ids=ext_table_ids,
             ext_table_sub=ext_table_sub,
-            **kwargs,
+            **{**kwargs, "return_dict": True},
         )
         hidden = outputs.last_hidden_state
         if logits_to_keep:
             hidden = hidden[:, -logits_to_keep:]
         ext_ids = torch.as_tensor(ext_table_ids, device=hidden.device) if ext_table_ids is not None else None
         ext_sub = torch.as_tensor(ext_table_sub, device=hidden.device) if ext_table_sub is not None else None
-        logits = llm.input_embedding.projection(hidden, ext_ids, ext_sub)
+        logits = llm.project_to_vocab(hidden, ext_ids, ext_sub)
         loss = None
         if labels is not None:
             loss = nn.functional.cross_entropy(
                 logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100
             )
-        return CausalLMOutputWithPast(
+        return MuffinCausalLMOutputWithPast(
             loss=loss,
             logits=logits,
             cache=outputs.cache,
             hidden_states=outputs.hidden_states,
             attentions=outputs.attentions,
+            image_outputs=image_outputs,
         )
 
     @torch.no_grad()

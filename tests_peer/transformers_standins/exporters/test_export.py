@@ -32,7 +32,11 @@ class ExportTesterMixin:
                 torch.manual_seed(0)
                 model = model_class(copy.deepcopy(config)).to(torch_device).eval()
                 inputs = self._prepare_for_class(inputs_dict, model_class)
-                if "use_cache" in inspect.signature(model.forward).parameters:
+                # the forward pass without a cache (a cache object is no pytree output): every model that names
+                # `use_cache`, or takes it through `**kwargs` for its language model (Muffin, VisCPM-Chat)
+                params = inspect.signature(model.forward).parameters
+                takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+                if "use_cache" in params or (takes_kwargs and hasattr(config.get_text_config(), "use_cache")):
                     inputs["use_cache"] = False
                 with torch.no_grad():
                     eager = _first_tensor(model(**inputs))
