@@ -127,6 +127,39 @@ def _fixture_dir(name: str):
 
 
 STAND_INS["tests/fixtures/cpmbee"] = _fixture_dir("cpmbee")
+CPMBEE_FIXTURES = ROOT / "tests" / "fixtures" / "cpmbee"
+
+
+def _cpmbee_dir(path: Path) -> None:
+    """The tiny original-format CPM-Bee of the golden fixtures, through the converter the page documents."""
+    from hf_ext.models.cpmbee.convert_cpmbee_original_to_hf import convert_cpmbee_checkpoint
+
+    fix = CPMBEE_FIXTURES
+    convert_cpmbee_checkpoint(
+        fix / "original_checkpoint" / "model.safetensors", fix / "original_checkpoint" / "config.json",
+        fix / "vocab.txt", path, dtype="float32",
+    )  # fmt: skip
+
+
+def _viscpm_chat_bee_dir(path: Path) -> None:
+    from hf_ext.models.viscpm_chat.convert_viscpm_chat_original_to_hf import convert_viscpm_chat_bee_checkpoint
+
+    fix = CPMBEE_FIXTURES
+    convert_viscpm_chat_bee_checkpoint(
+        fix / "original_checkpoint" / "viscpm_chat.safetensors", fix / "vocab.txt",
+        fix / "original_checkpoint" / "config.json", path, vision_num_attention_heads=4, dtype="float32",
+    )  # fmt: skip
+
+
+def _image(path: Path) -> None:
+    from PIL import Image
+
+    Image.new("RGB", (40, 32), (200, 30, 30)).save(path)
+
+
+STAND_INS["cpm-bee-10b-hf"] = _cpmbee_dir
+STAND_INS["viscpm-chat-hf"] = _viscpm_chat_bee_dir
+STAND_INS["cat.jpg"] = _image
 STAND_INS["pairs.parquet"] = _rlhf_v_parquet
 
 
