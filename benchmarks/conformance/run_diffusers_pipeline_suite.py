@@ -36,7 +36,6 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parents[1]
 SD_TESTS = "tests/pipelines/stable_diffusion/test_stable_diffusion.py"
@@ -45,8 +44,20 @@ PAINT_TESTS = f"{PAINT_PACKAGE}/test_viscpm_paint.py"
 # pairs of classes whose tests come from the same diffusers mixin
 CLASS_PAIRS = [
     ("TestStableDiffusionPipeline", "TestVisCPMPaintPipeline", "PipelineTesterMixin"),
+    ("TestStableDiffusionPipeline", "TestVisCPMPaintPipelineUnmasked", "PipelineTesterMixin"),
+    ("TestStableDiffusionPipeline", "TestVisCPMPaintPipelineCpmBee", "PipelineTesterMixin"),
     ("TestStableDiffusionPipelineMemory", "TestVisCPMPaintPipelineMemory", "MemoryTesterMixin"),
 ]
+_UNMASKED_BATCHING = (
+    "by design (VisCPM): without a text mask the UNet attends to the padding states, and prompts are padded to the "
+    "longest in the batch as VisCPM's collater does, so an image depends on its batch mates' prompt lengths; SD "
+    "pads CLIP to a fixed 77 tokens. Masked mode (TestVisCPMPaintPipeline) passes this test."
+)
+# tests that still run and are printed, but do not fail the run: each with the reason it cannot apply
+KNOWN_DIFFERENCES = {
+    ("TestVisCPMPaintPipelineUnmasked", "test_inference_batch_single_identical"): _UNMASKED_BATCHING,
+    ("TestVisCPMPaintPipelineCpmBee", "test_inference_batch_single_identical"): _UNMASKED_BATCHING,
+}
 
 SHIM = '''"""Offline stand-in for the one Hub file diffusers' SD fast tests download (written by hf_ext's runner).
 
@@ -155,7 +166,7 @@ def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> int:
             f"  {cls:42s} {counts['passed']:3d} passed  {counts['failed'] + counts['error']:3d} failed  "
             f"{counts['skipped']:3d} skipped"
         )
-    regressions = []
+    regressions, known = [], []
     for sd_cls, paint_cls, mixin in CLASS_PAIRS:
         sd, paint = results.get(sd_cls, {}), results.get(paint_cls, {})
         print(f"\n{mixin}: SD ({sd_cls}) vs Paint ({paint_cls})")
@@ -164,11 +175,18 @@ def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> int:
             paint_outcome, message = paint[name]
             mark = ""
             if paint_outcome in ("failed", "error") and sd_outcome == "passed":
-                regressions.append(f"{paint_cls}::{name}: {message}")
-                mark = "   <-- Paint fails, SD passes"
+                if (paint_cls, name) in KNOWN_DIFFERENCES:
+                    known.append(f"{paint_cls}::{name}: {KNOWN_DIFFERENCES[paint_cls, name]}")
+                    mark = "   <-- Paint fails, SD passes (known, see below)"
+                else:
+                    regressions.append(f"{paint_cls}::{name}: {message}")
+                    mark = "   <-- Paint fails, SD passes"
             note = f"   ({message})" if paint_outcome == "skipped" and message else ""
             print(f"  {name:52s} SD {sd_outcome:8s} Paint {paint_outcome:8s}{mark}{note}")
-    print(f"\nTests failing for Paint but passing for SD: {len(regressions)}")
+    print(f"\nKnown differences (cannot apply, run and reported): {len(known)}")
+    for line in known:
+        print(f"  {line}")
+    print(f"\nTests failing for Paint but passing for SD, unexplained: {len(regressions)}")
     for line in regressions:
         print(f"  {line}")
     return 1 if regressions else 0

@@ -9,11 +9,23 @@ The configuration mirrors diffusers' `StableDiffusionPipelineTesterConfig`: same
 dummy inputs (2 steps, guidance 6.0, `output_type="pt"`, 64x64 images); only the text side differs: hf_ext's tiny
 multilingual LLM (`LlamaForCausalLM`, hidden 16) and its byte-level BPE tokenizer, projected 16 -> 8 by
 `VisCPMPaintTextProjection` into the UNet's cross-attention width.
+
+Three text-side configurations each run the whole `PipelineTesterMixin`:
+
+* `TestVisCPMPaintPipeline`: tiny Llama, encoder attention mask on (hf_ext's default for non-CPM-Bee encoders);
+* `TestVisCPMPaintPipelineUnmasked`: the same with `use_encoder_attention_mask=False` (VisCPM's behaviour);
+* `TestVisCPMPaintPipelineCpmBee`: a tiny random `CpmBeeModel` + `CpmBeeTokenizer` (the vocabulary of hf_ext's
+  CPM-Bee test fixtures) as in converted VisCPM-Paint checkpoints: structured captions, bidirectional text, no mask.
 """
+
+import json
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 
+import hf_ext
+from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeModel, CpmBeeTokenizer
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
 from hf_ext.pipelines.viscpm_paint.testing import tiny_llm_text_encoder
 
@@ -31,6 +43,19 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
     # value, not a component, so it is not part of `get_dummy_components`
     text_hidden_size = 16
     cross_attention_dim = 8
+
+    # config values of `VisCPMPaintPipeline.__init__` that are not components
+    pipeline_config = {}
+
+    def get_pipeline(self, **components):
+        pipe = super().get_pipeline(**components)
+        if self.pipeline_config:
+            pipe.register_to_config(**self.pipeline_config)
+        return pipe
+
+    def get_text_side(self):
+        text_encoder, tokenizer = tiny_llm_text_encoder(self.text_hidden_size, seed=0)
+        return text_encoder, tokenizer, self.text_hidden_size
 
     def get_dummy_components(self, time_cond_proj_dim=None):
         torch.manual_seed(0)
@@ -63,10 +88,10 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
             latent_channels=4,
             norm_num_groups=2,
         )
-        text_encoder, tokenizer = tiny_llm_text_encoder(self.text_hidden_size, seed=0)
+        text_encoder, tokenizer, text_hidden_size = self.get_text_side()
         torch.manual_seed(0)
         text_projection = VisCPMPaintTextProjection(
-            in_features=self.text_hidden_size, out_features=self.cross_attention_dim
+            in_features=text_hidden_size, out_features=self.cross_attention_dim
         )
         return {
             "unet": unet,
@@ -104,6 +129,27 @@ class TestVisCPMPaintPipeline(VisCPMPaintPipelineTesterConfig, PipelineTesterMix
             "do_classifier_free_guidance": self.get_dummy_inputs().get("guidance_scale", 1.0) > 1.0,
         }
         return super().test_encode_prompt_works_in_isolation(extra_required_param_value_dict)
+
+
+class TestVisCPMPaintPipelineUnmasked(TestVisCPMPaintPipeline):
+    """VisCPM's own conditioning: no text mask in the UNet's cross-attention, prompts padded to a common length."""
+
+    pipeline_config = {"use_encoder_attention_mask": False}
+
+
+CPMBEE_FIXTURES = Path(hf_ext.__file__).resolve().parents[1] / "tests" / "fixtures" / "cpmbee"
+
+
+class TestVisCPMPaintPipelineCpmBee(TestVisCPMPaintPipeline):
+    """The released VisCPM-Paint's text side: CPM-Bee (random, tiny) fed `{"caption": prompt, "objects": ""}`."""
+
+    pipeline_config = {"use_encoder_attention_mask": False}
+
+    def get_text_side(self):
+        original = json.loads((CPMBEE_FIXTURES / "original_checkpoint" / "config.json").read_text())
+        config = CpmBeeConfig.from_original_config(original)
+        torch.manual_seed(0)
+        return CpmBeeModel(config).eval(), CpmBeeTokenizer(str(CPMBEE_FIXTURES / "vocab.txt")), config.hidden_size
 
 
 class TestVisCPMPaintPipelineMemory(VisCPMPaintPipelineTesterConfig, MemoryTesterMixin):
