@@ -46,7 +46,12 @@ def test_masked_batch_mate_length_does_not_matter(masked):
 def test_unmasked_batch_mate_of_same_token_count_does_not_matter(unmasked):
     # a different prompt with exactly PROMPT's token count: the padded length, hence the conditioning, is unchanged
     target = n_tokens(unmasked, PROMPT)
-    candidates = ["a blue dog wearing a hat", "a red dog wearing a hat", "a blue cat wearing a hat", "a red cat in a hat"]
+    candidates = [
+        "a blue dog wearing a hat",
+        "a red dog wearing a hat",
+        "a blue cat wearing a hat",
+        "a red cat in a hat",
+    ]
     mate = next(c for c in candidates if n_tokens(unmasked, c) == target and c != PROMPT)
     alone = images(unmasked, [PROMPT], [0])
     batched = images(unmasked, [PROMPT, mate], [0, 1])

@@ -48,6 +48,21 @@ CLASS_PAIRS = [
     ("TestStableDiffusionPipeline", "TestVisCPMPaintPipelineCpmBee", "PipelineTesterMixin"),
     ("TestStableDiffusionPipelineMemory", "TestVisCPMPaintPipelineMemory", "MemoryTesterMixin"),
 ]
+# hf_ext's own Paint checks (TestVisCPMPaintPipelineFeatures) next to the SD-specific tests of the same features
+FEATURE_PAIRS = {
+    "test_scheduler_swap[DPMSolverMultistepScheduler]": None,
+    "test_scheduler_swap[EulerAncestralDiscreteScheduler]": "test_stable_diffusion_k_euler_ancestral",
+    "test_scheduler_swap[EulerDiscreteScheduler]": "test_stable_diffusion_k_euler",
+    "test_scheduler_swap[LMSDiscreteScheduler]": "test_stable_diffusion_k_lms",
+    "test_scheduler_swap[PNDMScheduler]": "test_stable_diffusion_pndm",
+    "test_vae_slicing": "test_stable_diffusion_vae_slicing",
+    "test_vae_tiling": "test_stable_diffusion_vae_tiling",
+    "test_freeu": "test_freeu_enabled",
+    "test_fused_qkv_projections": "test_fused_qkv_projections",
+    "test_interrupt": "test_pipeline_interrupt",
+    "test_height_width": "test_stable_diffusion_height_width_opt",
+    "test_negative_prompt": "test_stable_diffusion_negative_prompt",
+}
 _UNMASKED_BATCHING = (
     "by design (VisCPM): without a text mask the UNet attends to the padding states, and prompts are padded to the "
     "longest in the batch as VisCPM's collater does, so an image depends on its batch mates' prompt lengths; SD "
@@ -183,6 +198,14 @@ def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> int:
                     mark = "   <-- Paint fails, SD passes"
             note = f"   ({message})" if paint_outcome == "skipped" and message else ""
             print(f"  {name:52s} SD {sd_outcome:8s} Paint {paint_outcome:8s}{mark}{note}")
+    sd, paint = results.get("TestStableDiffusionPipeline", {}), results.get("TestVisCPMPaintPipelineFeatures", {})
+    print("\nFeature checks: hf_ext's TestVisCPMPaintPipelineFeatures vs the SD-specific test of the same feature")
+    for name, sd_name in FEATURE_PAIRS.items():
+        sd_outcome = sd.get(sd_name, ("-", ""))[0] if sd_name else "-"
+        paint_outcome, message = paint.get(name, ("missing", ""))
+        if paint_outcome in ("failed", "error", "missing"):
+            regressions.append(f"TestVisCPMPaintPipelineFeatures::{name}: {message}")
+        print(f"  {name:52s} Paint {paint_outcome:8s} SD {sd_name or '(none)'}: {sd_outcome}")
     print(f"\nKnown differences (cannot apply, run and reported): {len(known)}")
     for line in known:
         print(f"  {line}")

@@ -21,17 +21,28 @@ Three text-side configurations each run the whole `PipelineTesterMixin`:
 import json
 from pathlib import Path
 
+import pytest
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    UNet2DConditionModel,
+)
 
 import hf_ext
 from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeModel, CpmBeeTokenizer
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
 from hf_ext.pipelines.viscpm_paint.testing import tiny_llm_text_encoder
 
-from ...testing_utils import torch_device
+from ...testing_utils import assert_tensors_close, torch_device
 from ..pipeline_params import TEXT_TO_IMAGE_BATCH_PARAMS, TEXT_TO_IMAGE_PARAMS
 from ..testing_utils import BasePipelineTesterConfig, MemoryTesterMixin, PipelineTesterMixin
+from ..testing_utils.common import BasePipelineOutputMixin
 
 
 class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
@@ -154,3 +165,96 @@ class TestVisCPMPaintPipelineCpmBee(TestVisCPMPaintPipeline):
 
 class TestVisCPMPaintPipelineMemory(VisCPMPaintPipelineTesterConfig, MemoryTesterMixin):
     """Memory tests (CPU offload, group offload, layerwise casting); most need an accelerator and skip on CPU."""
+
+
+class TestVisCPMPaintPipelineFeatures(VisCPMPaintPipelineTesterConfig, BasePipelineOutputMixin):
+    """hf_ext's checks of the UNet/VAE features diffusers' SD class tests beyond the common mixin (schedulers, VAE
+    slicing and tiling, FreeU, fused QKV, interruption, image size, negative prompt), on the Paint configuration.
+    SD's hard-coded expected pixel slices are specific to its CLIP text encoder and have no Paint counterpart."""
+
+    @pytest.mark.parametrize(
+        "scheduler_class",
+        [
+            DPMSolverMultistepScheduler,
+            EulerAncestralDiscreteScheduler,
+            EulerDiscreteScheduler,
+            LMSDiscreteScheduler,
+            PNDMScheduler,
+        ],
+        ids=lambda cls: cls.__name__,
+    )
+    def test_scheduler_swap(self, scheduler_class, base_pipe_output):
+        components = self.get_dummy_components()
+        # PNDM's Runge-Kutta warm-up needs more than 2 steps, for SD too: skip it, as diffusers' SD class does
+        extra = {"skip_prk_steps": True} if scheduler_class is PNDMScheduler else {}
+        components["scheduler"] = scheduler_class.from_config(components["scheduler"].config, **extra)
+        image = self.run_pipe(self.get_pipeline(**components).to(torch_device))
+        assert image.shape == (1, *self.output_shape)
+        assert torch.isfinite(image).all() and image.min() >= 0 and image.max() <= 1
+        assert (image - base_pipe_output).abs().max() > 1e-4, "the scheduler swap had no effect"
+
+    def test_vae_slicing(self):
+        pipe = self.get_pipeline().to(torch_device)
+        prompts = [self.get_dummy_inputs()["prompt"]] * 3
+        full = self.run_pipe(pipe, prompt=prompts)
+        pipe.vae.enable_slicing()
+        sliced = self.run_pipe(pipe, prompt=prompts)
+        assert_tensors_close(sliced, full, atol=3e-3, msg="sliced VAE decoding changed the images")
+
+    def test_vae_tiling(self, base_pipe_output):
+        pipe = self.get_pipeline().to(torch_device)
+        pipe.vae.enable_tiling()
+        tiled = self.run_pipe(pipe)
+        # tiles are blended at their seams, so the tolerance is loose (the same bound as diffusers' SD class)
+        assert (tiled - base_pipe_output).abs().max() < 5e-1
+
+    def test_freeu(self, base_pipe_output):
+        pipe = self.get_pipeline().to(torch_device)
+        pipe.enable_freeu(s1=0.9, s2=0.2, b1=1.2, b2=1.4)
+        with_freeu = self.run_pipe(pipe)
+        assert (with_freeu - base_pipe_output).abs().max() > 1e-4, "FreeU had no effect"
+        pipe.disable_freeu()
+        assert all(
+            getattr(block, key, None) is None for block in pipe.unet.up_blocks for key in ("s1", "s2", "b1", "b2")
+        )
+        assert_tensors_close(self.run_pipe(pipe), base_pipe_output, atol=1e-5, msg="disable_freeu did not restore")
+
+    def test_fused_qkv_projections(self, base_pipe_output):
+        pipe = self.get_pipeline().to(torch_device)
+        pipe.fuse_qkv_projections()
+        fused = self.run_pipe(pipe)
+        pipe.unfuse_qkv_projections()
+        unfused = self.run_pipe(pipe)
+        assert_tensors_close(fused, base_pipe_output, atol=1e-2, msg="fusing QKV changed the images")
+        assert_tensors_close(unfused, base_pipe_output, atol=1e-4, msg="unfusing QKV did not restore the images")
+
+    def test_interrupt(self):
+        pipe = self.get_pipeline().to(torch_device)
+        seen = []
+
+        def record(pipe, step, timestep, callback_kwargs):
+            seen.append(callback_kwargs["latents"].clone())
+            return callback_kwargs
+
+        self.run_pipe(pipe, num_inference_steps=3, callback_on_step_end=record)
+        stop_at = 1
+
+        def interrupt(pipe, step, timestep, callback_kwargs):
+            if step == stop_at:
+                pipe._interrupt = True
+            return callback_kwargs
+
+        latents = self.run_pipe(pipe, num_inference_steps=3, output_type="latent", callback_on_step_end=interrupt)
+        assert len(seen) == 3
+        assert_tensors_close(latents, seen[stop_at], atol=1e-6, msg="interrupted run did not stop at that step")
+
+    def test_height_width(self):
+        pipe = self.get_pipeline().to(torch_device)
+        image = self.run_pipe(pipe, height=48, width=80)
+        assert image.shape == (1, 3, 48, 80)
+
+    def test_negative_prompt(self, base_pipe_output):
+        pipe = self.get_pipeline().to(torch_device)
+        image = self.run_pipe(pipe, negative_prompt="french fries")
+        assert image.shape == base_pipe_output.shape
+        assert (image - base_pipe_output).abs().max() > 1e-4, "the negative prompt had no effect"
