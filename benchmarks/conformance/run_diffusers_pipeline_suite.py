@@ -181,6 +181,11 @@ def summarize(results: dict[str, dict[str, tuple[str, str]]]) -> int:
             f"  {cls:42s} {counts['passed']:3d} passed  {counts['failed'] + counts['error']:3d} failed  "
             f"{counts['skipped']:3d} skipped"
         )
+    print("\nFailures and errors (first line of each message):")
+    for cls in sorted(results):
+        for name, (outcome, message) in sorted(results[cls].items()):
+            if outcome in ("failed", "error"):
+                print(f"  {cls}::{name} [{outcome}] {message}")
     regressions, known = [], []
     for sd_cls, paint_cls, mixin in CLASS_PAIRS:
         sd, paint = results.get(sd_cls, {}), results.get(paint_cls, {})
