@@ -214,10 +214,10 @@ def test_space_export_runs(page, tmp_path):
     from playwright.sync_api import expect
 
     from hf_ext.apps.testing import save_tiny_jiuge
-    from hf_ext.cli import main
+    from hf_ext.cli import run
 
     model_dir = save_tiny_jiuge(tmp_path / "jiuge")
-    space = main(
+    space = run(
         ["app", "poetry", "--model", str(model_dir), "--export_space", str(tmp_path / "space"), "--copy_model"]
     )
     assert sorted(p.name for p in space.iterdir()) == ["README.md", "app.py", "model", "requirements.txt"]

@@ -200,6 +200,10 @@ class SafeCheckpointMixin:
         super()._save(output_dir, state_dict)
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         self._replace_pickled_args(output_dir)
+        if not self.args.should_save:
+            # transformers calls `_save` on every process; only the saving one owns the folder (another may be
+            # renaming it from its staging name at this very moment)
+            return
         from ..hub.integrity import write_weights_manifest
 
         write_weights_manifest(output_dir)
