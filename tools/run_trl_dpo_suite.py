@@ -241,6 +241,54 @@ def push_models(tokenizer) -> None:
         tokenizer.push_to_hub(repo_id)
 
 
+REMOTE_CODE = """\
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+
+class RemoteConfig(Qwen2Config):
+    model_type = "remote"
+
+
+class RemoteForCausalLM(Qwen2ForCausalLM):
+    config_class = RemoteConfig
+"""
+
+
+def push_remote_code_model(tokenizer) -> None:
+    """A model whose class lives in the repo (`auto_map`), loadable only with `trust_remote_code=True`."""
+    import torch
+    from huggingface_hub import HfApi
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    repo_id = "trl-internal-testing/tiny-RemoteForCausalLM"
+    torch.manual_seed(0)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **TINY,
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        Qwen2ForCausalLM(config).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        config_file = Path(folder) / "config.json"
+        saved = json.loads(config_file.read_text())
+        saved.update(
+            model_type="remote",
+            architectures=["RemoteForCausalLM"],
+            auto_map={
+                "AutoConfig": "modeling_remote.RemoteConfig",
+                "AutoModelForCausalLM": "modeling_remote.RemoteForCausalLM",
+            },
+        )
+        config_file.write_text(json.dumps(saved, indent=2))
+        (Path(folder) / "modeling_remote.py").write_text(REMOTE_CODE)
+        api = HfApi()
+        api.create_repo(repo_id, exist_ok=True)
+        api.upload_folder(folder_path=folder, repo_id=repo_id)
+
+
 def push_vision_models() -> None:
     """Llava (CLIP + Qwen2) with a PIL image processor. Qwen2-VL-family processors need torchvision (not installed)."""
     import torch
@@ -431,6 +479,7 @@ def main(argv=None) -> int:
         assert hub.env()["HF_ENDPOINT"] == hub_env["HF_ENDPOINT"]
         tokenizer = build_tokenizer()
         push_models(tokenizer)
+        push_remote_code_model(tokenizer)
         push_vision_models()
         push_datasets()
         (workdir / "tests").mkdir()
