@@ -9,7 +9,8 @@ directory (nothing of TRL's is stored in this repository) and runs it twice with
 
 * ``trl``: as written, TRL's `DPOTrainer` / `DPOConfig`;
 * ``dense``: the test module's `DPOTrainer` / `DPOConfig` replaced by :class:`~hf_ext.trainers.DenseDPOTrainer` /
-  :class:`~hf_ext.trainers.DenseDPOConfig` with ``dense_gamma=1.0``, where the results must equal TRL's.
+  :class:`~hf_ext.trainers.DenseDPOConfig` with ``dense_gamma=1.0`` (``--dense_gamma``), where the results must
+  equal TRL's.
 
 It prints one line per test where the two differ and the pass/fail/skip counts side by side, and exits non-zero if a
 test passes with TRL but not with the swap. Tests that fail in both runs are listed with their first error line
@@ -180,7 +181,7 @@ def _use_cpu_without_accelerator(monkeypatch):
 if os.environ.get("TRL_SUITE_MODE") == "dense":
     from hf_ext.trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer
 
-    DenseDPOConfigGamma1 = functools.partial(DenseDPOConfig, dense_gamma=1.0)
+    DenseDPOConfigGamma = functools.partial(DenseDPOConfig, dense_gamma=float(os.environ["TRL_SUITE_GAMMA"]))
 
     @pytest.fixture(autouse=True)
     def _swap_in_dense_dpo(request, monkeypatch):
@@ -188,7 +189,7 @@ if os.environ.get("TRL_SUITE_MODE") == "dense":
         if hasattr(module, "DPOTrainer"):
             monkeypatch.setattr(module, "DPOTrainer", DenseDPOTrainer)
         if hasattr(module, "DPOConfig"):
-            monkeypatch.setattr(module, "DPOConfig", DenseDPOConfigGamma1)
+            monkeypatch.setattr(module, "DPOConfig", DenseDPOConfigGamma)
         yield
 '''
 
@@ -420,6 +421,7 @@ def run_pytest(mode: str, workdir: Path, hub_env: dict, args) -> dict[str, tuple
         **hub_env,
         "HF_HOME": tempfile.mkdtemp(prefix=f"trl_suite_{mode}_home_"),
         "TRL_SUITE_MODE": mode,
+        "TRL_SUITE_GAMMA": str(args.dense_gamma),
         "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")]),
         "OMP_NUM_THREADS": "1",
         "TOKENIZERS_PARALLELISM": "false",
@@ -455,10 +457,22 @@ def main(argv=None) -> int:
     parser.add_argument("--trl_tests", type=Path, required=True, help="a TRL checkout (or its tests/ folder)")
     parser.add_argument("--workers", type=int, default=2, help="pytest-xdist workers (0: in process)")
     parser.add_argument("-k", default=None, help="pytest -k expression")
+    parser.add_argument(
+        "--dense_gamma", type=float, default=1.0, help="γ of the swapped-in DenseDPOConfig (1: must equal TRL)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write both runs' outcomes here")
     parser.add_argument("--verbose", action="store_true", help="show pytest's own output")
     args = parser.parse_args(argv)
     tests_dir = _find_tests(args.trl_tests)
+    from importlib.metadata import version
+
+    checkout_version = tests_dir.parent / "VERSION"
+    if checkout_version.is_file() and checkout_version.read_text().strip() != version("trl"):
+        print(
+            f"note: the checkout is trl {checkout_version.read_text().strip()}, the installed trl is {version('trl')}: "
+            "tests that fail with TRL's own trainer too may come from that mismatch.",
+            flush=True,
+        )
 
     port = _free_port()
     hub_env = {
@@ -495,7 +509,7 @@ def main(argv=None) -> int:
     trl, dense = runs["trl"], runs["dense"]
     names = sorted(set(trl) | set(dense))
     regressions = []
-    print(f"\n{'test':90s} {'TRL':8s} {'dense γ=1':9s}")
+    print(f"\n{'test':90s} {'TRL':8s} dense γ={args.dense_gamma:g}")
     for name in names:
         a, b = trl.get(name, ("absent", "")), dense.get(name, ("absent", ""))
         if a[0] != b[0] or a[0] in ("failed", "error"):
