@@ -291,13 +291,17 @@ def push_remote_code_model(tokenizer) -> None:
 
 
 def push_vision_models() -> None:
-    """Llava (CLIP + Qwen2) with a PIL image processor. Qwen2-VL-family processors need torchvision (not installed)."""
+    """Llava and LLaVA-NeXT (CLIP + Qwen2) with PIL image processors (Qwen2-VL-family processors need torchvision)."""
     import torch
     from transformers import (
         CLIPImageProcessorPil,
         CLIPVisionConfig,
         LlavaConfig,
         LlavaForConditionalGeneration,
+        LlavaNextConfig,
+        LlavaNextForConditionalGeneration,
+        LlavaNextImageProcessorPil,
+        LlavaNextProcessor,
         LlavaProcessor,
     )
 
@@ -343,6 +347,35 @@ def push_vision_models() -> None:
     torch.manual_seed(0)
     repo_id = "trl-internal-testing/tiny-LlavaForConditionalGeneration"
     LlavaForConditionalGeneration(config).push_to_hub(repo_id)
+    processor.push_to_hub(repo_id)
+
+    # LLaVA-NeXT: the same towers, any-resolution tiling over a few grid pinpoints.
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    processor = LlavaNextProcessor(
+        image_processor=LlavaNextImageProcessorPil(
+            size={"shortest_edge": image_size},
+            crop_size={"height": image_size, "width": image_size},
+            image_grid_pinpoints=pinpoints,
+        ),
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        image_token="<image>",
+        chat_template=VLM_TEMPLATE,
+    )
+    config = LlavaNextConfig(
+        vision_config=config.vision_config,
+        text_config=text,
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_grid_pinpoints=pinpoints,
+        image_seq_length=(image_size // patch) ** 2,
+    )
+    torch.manual_seed(0)
+    repo_id = "trl-internal-testing/tiny-LlavaNextForConditionalGeneration"
+    LlavaNextForConditionalGeneration(config).push_to_hub(repo_id)
     processor.push_to_hub(repo_id)
 
 
