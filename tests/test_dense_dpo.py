@@ -731,3 +731,52 @@ def test_precompute_really_frees_the_temporary_reference(tmp_path):
     assert len(copies) == 1  # the temporary reference
     assert copies[0]() is None, gc.get_referrers(copies[0]())
     assert trainer.ref_model is None and trainer.model is not None
+
+
+def _precompute_error(trainer_cls, config_cls, tmp_path, where):
+    """The `ValueError` a trainer raises for `precompute_ref_log_probs=True` with a streamed dataset at `where`."""
+    tok = tiny_tokenizer()
+    model = tiny_gpt2(tok)
+    ds = text_dataset()
+    streamed = ds.to_iterable_dataset()
+    train, evals = (streamed, None) if where == "train" else (ds, {"held_out": streamed})
+    args = config_cls(**base_args(tmp_path / trainer_cls.__name__), precompute_ref_log_probs=True, max_steps=1)
+    with pytest.raises(ValueError) as info:
+        trainer_cls(
+            model=model,
+            ref_model=perturbed(model),
+            args=args,
+            train_dataset=train,
+            eval_dataset=evals,
+            processing_class=tok,
+        )
+    return str(info.value)
+
+
+@pytest.mark.parametrize("where", ["train", "eval", "evaluate"])
+def test_precompute_refuses_iterable_dataset_like_trl(tmp_path, where):
+    """Streamed data with a precomputed reference is refused with TRL's own wording (which callers match on)."""
+    if where == "evaluate":
+        # a late eval dataset: build without eval data, stream it to `evaluate()`
+        tok = tiny_tokenizer()
+        model = tiny_gpt2(tok)
+        messages = []
+        for trainer_cls, config_cls in ((DPOTrainer, DPOConfig), (DenseDPOTrainer, DenseDPOConfig)):
+            trainer = trainer_cls(
+                model=copy.deepcopy(model),
+                ref_model=perturbed(model),
+                args=config_cls(**base_args(tmp_path / trainer_cls.__name__), precompute_ref_log_probs=True),
+                train_dataset=text_dataset(),
+                processing_class=tok,
+            )
+            with pytest.raises(ValueError) as info:
+                trainer.evaluate(eval_dataset=text_dataset().to_iterable_dataset())
+            messages.append(str(info.value))
+        trl_message, dense_message = messages
+    else:
+        trl_message = _precompute_error(DPOTrainer, DPOConfig, tmp_path, where)
+        dense_message = _precompute_error(DenseDPOTrainer, DenseDPOConfig, tmp_path, where)
+    trl_first_sentence = trl_message.split(". ")[0]
+    assert "IterableDataset" in trl_first_sentence  # TRL refuses it too, and says so first
+    assert dense_message.startswith(trl_first_sentence)
+    assert "precompute_ref_log_probs=False" in dense_message  # and says how to fix it

@@ -317,9 +317,11 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
     def _precompute_ref_token_logps(self, dataset: Dataset, name: str) -> Dataset:
         """Per-token reference log-probs of every completion token, cached (see `ref_logps_cache`)."""
         if isinstance(dataset, IterableDataset):
+            # TRL's wording first (callers match on it), then why and what to do.
             raise ValueError(
-                "`precompute_ref_log_probs=True` needs a map-style `datasets.Dataset`, got an IterableDataset. "
-                "Materialise it or set `precompute_ref_log_probs=False`."
+                f"`precompute_ref_log_probs=True` is not supported with IterableDataset (the {name} dataset): the "
+                "per-token reference log-probs are cached by row, which needs a map-style `datasets.Dataset`. "
+                "Materialise it (e.g. `Dataset.from_generator`) or set `precompute_ref_log_probs=False`."
             )
         for key in ("ref_chosen_token_logps", "ref_rejected_token_logps"):
             if key in dataset.column_names:
