@@ -1,4 +1,4 @@
-"""The harness that runs TRL's own DPO test file with `DenseDPOTrainer` (`tools/run_trl_dpo_suite.py`).
+"""The harness that runs TRL's own DPO test file with `DenseDPOTrainer` (`benchmarks/conformance/run_trl_dpo_suite.py`).
 
 The suite itself needs a TRL checkout and ~10 minutes, so it is run by hand (see docs/dense_dpo.md); here: the stand-in
 datasets it pushes have the schema of each `zen` config, and a wrong `--trl_tests` path is refused clearly.
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-TOOL = Path(__file__).resolve().parents[1] / "tools" / "run_trl_dpo_suite.py"
+TOOL = Path(__file__).resolve().parents[1] / "benchmarks" / "conformance" / "run_trl_dpo_suite.py"
 
 
 @pytest.fixture(scope="module")

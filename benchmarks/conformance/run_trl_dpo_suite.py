@@ -17,7 +17,7 @@ test passes with TRL but not with the swap. Tests that fail in both runs are lis
 (typically: no stand-in for that repo id, e.g. the vision models).
 
     git clone https://github.com/huggingface/trl /tmp/trl   # the tag matching your installed trl
-    python tools/run_trl_dpo_suite.py --trl_tests /tmp/trl [--workers 2] [-k EXPR] [--json out.json]
+    python benchmarks/conformance/run_trl_dpo_suite.py --trl_tests /tmp/trl [--workers 2] [-k EXPR] [--json out.json]
 
 Slow-marked tests are deselected (``-m "not slow"``); on a machine without an accelerator the GPU-marked tests skip
 themselves.
@@ -36,7 +36,7 @@ import tempfile
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 CHATML_TEMPLATE = (
     "{%- if messages[0]['role'] == 'system' -%}"
@@ -135,7 +135,7 @@ TINY = {
 }
 
 CONFTEST = '''\
-"""Written by hf_ext's tools/run_trl_dpo_suite.py: Hub endpoint from the environment; optional DenseDPO swap."""
+"""Written by hf_ext's benchmarks/conformance/run_trl_dpo_suite.py: Hub endpoint from the environment; optional DenseDPO swap."""
 import functools
 import os
 
