@@ -316,7 +316,11 @@ def test_trainer_pushes_checkpoints_and_card(local_hub, tmp_path):
     assert {"model.safetensors", "config.json", "modeling_della.py", "README.md"} <= files
     card = ModelCard.load(repo)
     assert "2207.06130" in card.text and "della" in card.data.tags
-    assert len(HfApi().list_repo_commits(repo)) >= 3  # initial + one per save + the final push
+    # every save pushes, but asynchronously: a save while a push is still running is skipped (transformers), and a
+    # final push identical to the last upload makes no commit, so the count varies with timing; the first
+    # checkpoint's push always lands
+    titles = [c.title for c in HfApi().list_repo_commits(repo)]
+    assert any(t.startswith("Training in progress") for t in titles), titles
     loaded = AutoModelForCausalLM.from_pretrained(repo)
     for (name, a), b in zip(trainer.model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
