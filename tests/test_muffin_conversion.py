@@ -173,7 +173,11 @@ def test_viscpm_chat_converter_end_to_end(tmp_path):
     llm.save_pretrained(tmp_path / "llm")
     tok.save_pretrained(tmp_path / "llm")
     report = convert_viscpm_chat_checkpoint(
-        tmp_path / "pytorch_model.bin", tmp_path / "llm", tmp_path / "out", image_size=32
+        tmp_path / "pytorch_model.bin",
+        tmp_path / "llm",
+        tmp_path / "out",
+        image_size=32,
+        vision_num_attention_heads=bridge_model.config.vision_config.num_attention_heads,
     )
     assert report["dropped"] == ["llm.encoder.layers.0.weight"]
     loaded = VisCPMChatForConditionalGeneration.from_pretrained(tmp_path / "out")

@@ -1,4 +1,7 @@
-"""Muffin trains with TRL 1.16 (fused LM head, vision preference collator) and with hf_ext's DenseDPOTrainer."""
+"""Muffin trains with TRL 1.16 (fused LM head, vision preference collator) and with hf_ext's DenseDPOTrainer.
+
+TRL renders prompts with `add_generation_prompt=True` and needs them to be a prefix of prompt + completion, so these
+tests use the `"muffin_v0"` template (the default, the original's formats, switches to the evaluation prompt)."""
 
 import copy
 
@@ -66,7 +69,7 @@ def _args(cls, tmp_path, **kw):
 def test_trl_dpo_trainer_logps_and_update(tmp_path):
     from trl import DPOConfig, DPOTrainer
 
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")
     ref_chosen = _reference_logps(model, processor, CHOSEN)
     ref_rejected = _reference_logps(model, processor, REJECTED)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
@@ -95,7 +98,7 @@ def test_trl_dpo_trainer_logps_and_update(tmp_path):
 def test_dense_dpo_trainer_trains_muffin(tmp_path):
     import hf_ext.trainers.dense_dpo as dense  # hf_ext's own trainer: a broken import must fail, not skip
 
-    model, processor = tiny_muffin()
+    model, processor = tiny_muffin(chat_template="muffin_v0")
     ref_chosen = _reference_logps(model, processor, CHOSEN)
     ref_rejected = _reference_logps(model, processor, REJECTED)
     # character spans of the assistant message text (the corrected segments of RLHF-V)

@@ -1,4 +1,9 @@
-"""Chat with a Muffin / VisCPM-Chat checkpoint about an image (greedy or beam search, stops at Muffin's "###").
+"""Chat with a Muffin / VisCPM-Chat checkpoint about an image, as the original `muffin/eval/muffin_chat.py` does.
+
+The prompt is the processor's default chat template with a generation prompt: for a checkpoint converted from the
+original (Muffin-13B, RLHF-V) that is the original evaluation prompt `"{system}\n###Human: {question}\n<image>\n###"`.
+Decoding defaults are the original's (beam 3, repetition penalty 1.1, stop at "###"); the answer is cut at "###" and
+stripped up to "Assistant:" (`extract_muffin_answer`).
 
 python examples/muffin/chat.py --model_name_or_path muffin-13b-hf --image photo.jpg --question "What is this?"
 python examples/muffin/chat.py --tiny --question "what is in the image ?"      # random tiny model, offline
@@ -16,7 +21,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--image", default=None, help="Image path (default: a synthetic red square).")
     parser.add_argument("--question", default="Describe the image in detail.")
     parser.add_argument("--max_new_tokens", type=int, default=256)
-    parser.add_argument("--num_beams", type=int, default=1, help="Muffin's chat demo uses 3.")
+    parser.add_argument("--num_beams", type=int, default=3, help="Muffin's chat demo uses 3.")
     parser.add_argument("--repetition_penalty", type=float, default=1.1)
     return parser.parse_args(argv)
 
@@ -49,8 +54,11 @@ def main(argv=None) -> str:
         stop_strings="###",
         tokenizer=processor.tokenizer,
     )
-    answer = processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
-    answer = answer.split("###")[0].strip()
+    from hf_ext.models.muffin import extract_muffin_answer
+
+    answer = extract_muffin_answer(
+        processor.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+    )
     print(answer)
     return answer
 

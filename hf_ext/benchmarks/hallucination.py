@@ -183,8 +183,13 @@ def build_model(config: StudyConfig, tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     model = MuffinForConditionalGeneration(model_config)
     size = config.image_size
+    # "muffin_v0": Muffin's training format with a prompt that is a prefix of prompt + completion, as TRL's
+    # prompt-completion and preference datasets need (the model is trained here, so no released eval prompt applies)
     processor = MuffinProcessor(
-        image_processor=MuffinImageProcessor(size={"height": size, "width": size}), tokenizer=tokenizer, num_query=nq
+        image_processor=MuffinImageProcessor(size={"height": size, "width": size}),
+        tokenizer=tokenizer,
+        num_query=nq,
+        chat_template="muffin_v0",
     )
     return model, processor
 
@@ -248,7 +253,12 @@ def generate_responses(
     batch_size: int = 64,
     seed: int = 0,
 ) -> list[str]:
-    """Responses of ``model`` to each sample's image and question (text before Muffin's ``###`` stop marker)."""
+    """Responses of ``model`` to each sample's image and question (text before Muffin's ``###`` stop marker).
+
+    The prompt is the processor's default template with ``add_generation_prompt=True``: for a checkpoint converted
+    from the original (RLHF-V, Muffin) that is the original evaluation prompt (``muffin_vqa``)."""
+    from ..models.muffin.processing_muffin import extract_muffin_answer
+
     model.eval()
     tokenizer = processor.tokenizer
     side = tokenizer.padding_side
@@ -270,7 +280,9 @@ def generate_responses(
                 pad_token_id=tokenizer.pad_token_id,
             )
             decoded = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            out.extend(t.split("###")[0].strip() for t in decoded)
+            # as RLHF-V / Muffin's eval: cut at "###", drop a leading "Assistant:" (written after the original
+            # evaluation prompt, which ends with "###")
+            out.extend(extract_muffin_answer(t) for t in decoded)
     finally:
         tokenizer.padding_side = side
     return out

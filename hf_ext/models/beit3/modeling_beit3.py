@@ -67,7 +67,8 @@ class Beit3Embeddings(nn.Module):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
         # Used only for masked image modelling (`bool_masked_pos`); Muffin/VisCPM checkpoints drop it.
         self.mask_token = nn.Parameter(torch.zeros(1, 1, config.hidden_size))
-        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        # no padding_idx, as torchscale's TextEmbedding: padded positions are zeroed by the attention mask instead
+        self.word_embeddings = nn.Embedding(config.vocab_size, config.hidden_size)
         self.vision_position_embeddings = nn.Embedding(
             config.num_patches + 1 + config.position_offset, config.hidden_size
         )
@@ -253,7 +254,7 @@ class Beit3Model(Beit3PreTrainedModel):
             raise ValueError("You cannot specify both input_ids and inputs_embeds; pass one of them.")
         if pixel_values is None and input_ids is None and inputs_embeds is None:
             raise ValueError("Beit3Model needs pixel_values, input_ids or inputs_embeds.")
-        output_attentions = bool(output_attentions)
+        output_attentions = bool(output_attentions if output_attentions is not None else self.config.output_attentions)
         output_hidden_states = (
             output_hidden_states if output_hidden_states is not None else self.config.output_hidden_states
         )

@@ -15,7 +15,14 @@ from .modeling_muffin import (
     MuffinMultiModalProjector,
     MuffinPreTrainedModel,
 )
-from .processing_muffin import DEFAULT_SYSTEM_PROMPT, MUFFIN_CHAT_TEMPLATE, MuffinProcessor, add_muffin_image_tokens
+from .processing_muffin import (
+    DEFAULT_SYSTEM_PROMPT,
+    MUFFIN_CHAT_TEMPLATE,
+    MUFFIN_CHAT_TEMPLATES,
+    MuffinProcessor,
+    add_muffin_image_tokens,
+    extract_muffin_answer,
+)
 from .testing_muffin import tiny_muffin, tiny_muffin_config, tiny_muffin_tokenizer
 
 register_model(
@@ -32,6 +39,7 @@ register_model(
 __all__ = [
     "DEFAULT_SYSTEM_PROMPT",
     "MUFFIN_CHAT_TEMPLATE",
+    "MUFFIN_CHAT_TEMPLATES",
     "MuffinCausalLMOutputWithPast",
     "MuffinConfig",
     "MuffinForConditionalGeneration",
@@ -42,6 +50,7 @@ __all__ = [
     "MuffinPreTrainedModel",
     "MuffinProcessor",
     "add_muffin_image_tokens",
+    "extract_muffin_answer",
     "tiny_muffin",
     "tiny_muffin_config",
     "tiny_muffin_tokenizer",

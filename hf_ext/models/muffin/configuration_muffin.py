@@ -49,7 +49,8 @@ class MuffinConfig(PreTrainedConfig):
         image_token_id (`int`, *optional*, defaults to 32001):
             Id of `<im_patch>`, the placeholder replaced by query features (repeated `num_query` times per image).
         image_start_token_id (`int`, *optional*, defaults to 32002):
-            Id of `<im_start>` (kept as an ordinary token, as in the original checkpoints).
+            Id of `<im_start>` (kept as an ordinary token, as in the original checkpoints); `None` for a layout
+            without start/end markers (VisCPM-Chat).
         image_end_token_id (`int`, *optional*, defaults to 32003):
             Id of `<im_end>`.
         query_init (`str`, *optional*, defaults to `"bos_eos"`):
@@ -82,8 +83,8 @@ class MuffinConfig(PreTrainedConfig):
     projector_hidden_act: str = "gelu"
     projector_hidden_size: int | None = None
     image_token_id: int = 32001
-    image_start_token_id: int = 32002
-    image_end_token_id: int = 32003
+    image_start_token_id: int | None = 32002
+    image_end_token_id: int | None = 32003
     query_init: Literal["bos_eos", "normal"] = "bos_eos"
     tie_word_embeddings: bool = False
 

@@ -154,22 +154,53 @@ _NON_TEXT_KEYS = {
     "max_sequence_length",
     "sep_image_conv_front",
     "image_token_len",
+    "use_cache",  # train_muffin.py saves use_cache=False (training); inference wants the KV cache
 }
+
+
+# BEiT-3 sizes published with torchscale / unilm (`_get_base_config`, `_get_large_config`): hidden size -> heads.
+KNOWN_BEIT3_HEADS = {768: 12, 1024: 16}
 
 
 def infer_beit3_sizes(converted: dict[str, torch.Tensor], num_attention_heads: int | None = None) -> dict:
     """Read BEiT-3's sizes from converted tensors (the original config only names the timm model).
 
-    `num_attention_heads` cannot be read from weights; it defaults to `hidden_size // 64` (BEiT-3 Base and Large).
+    The head count is in neither the original config nor the weights: it is taken from the known BEiT-3 sizes
+    (Base 768 -> 12 heads, Large 1024 -> 16) unless `num_attention_heads` is given, and required otherwise.
+
+    Raises:
+        ValueError: when the hidden size is not a known BEiT-3 size and `num_attention_heads` is not given, or when
+            `num_attention_heads` does not divide the hidden size.
     """
     p = "model.vision_tower."
     hidden = converted[p + "embeddings.cls_token"].shape[-1]
+    if num_attention_heads is None:
+        if hidden not in KNOWN_BEIT3_HEADS:
+            known = ", ".join(f"{d} -> {h} heads" for d, h in KNOWN_BEIT3_HEADS.items())
+            raise ValueError(
+                f"BEiT-3 hidden size {hidden} is not a known BEiT-3 size ({known}), and the number of attention heads "
+                "is stored in neither the original config nor the weights. Pass it explicitly "
+                "(`--vision_num_attention_heads N` / `vision_num_attention_heads=N`)."
+            )
+        num_attention_heads = KNOWN_BEIT3_HEADS[hidden]
+    elif num_attention_heads < 1 or hidden % num_attention_heads:
+        raise ValueError(
+            f"vision_num_attention_heads={num_attention_heads} must be a positive divisor of BEiT-3's hidden size "
+            f"{hidden}."
+        )
+    elif hidden in KNOWN_BEIT3_HEADS and num_attention_heads != KNOWN_BEIT3_HEADS[hidden]:
+        logger.warning(
+            "BEiT-3 with hidden size %d normally has %d heads; using the %d you passed.",
+            hidden,
+            KNOWN_BEIT3_HEADS[hidden],
+            num_attention_heads,
+        )
     layers = 1 + max(int(k.split(".")[3]) for k in converted if k.startswith(p + "layers."))
     sizes = {
         "hidden_size": hidden,
         "num_hidden_layers": layers,
         "intermediate_size": converted[p + "layers.0.vision_expert.fc1.weight"].shape[0],
-        "num_attention_heads": num_attention_heads or max(1, hidden // 64),
+        "num_attention_heads": num_attention_heads,
         "max_position_embeddings": converted[p + "embeddings.text_position_embeddings.weight"].shape[0],
     }
     if p + "embeddings.word_embeddings.weight" in converted:
@@ -233,8 +264,6 @@ def _fill_tolerated(converted: dict[str, torch.Tensor], config) -> list[str]:
     gen = torch.Generator().manual_seed(0)
     if "model.vision_tower.embeddings.word_embeddings.weight" not in converted:
         w = torch.randn(v.vocab_size, v.hidden_size, generator=gen) * v.initializer_range
-        if v.pad_token_id is not None:
-            w[v.pad_token_id] = 0
         converted["model.vision_tower.embeddings.word_embeddings.weight"] = w.to(ref.dtype)
         filled.append("model.vision_tower.embeddings.word_embeddings.weight")
     if "model.vision_tower.embeddings.mask_token" not in converted:
@@ -298,7 +327,8 @@ def convert_muffin_checkpoint(
 ) -> dict:
     """Convert the original Muffin folder `input_dir` into `output_dir`. Returns a small report dict.
 
-    `vision_num_attention_heads` defaults to BEiT-3's `hidden_size // 64` (16 for Large).
+    `vision_num_attention_heads`: BEiT-3's head count, which neither the original config nor the weights store;
+    inferred for the known sizes (Base 768 -> 12, Large 1024 -> 16) and required for any other size.
     """
     from .modeling_muffin import MuffinForConditionalGeneration
 
@@ -349,7 +379,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input_dir", required=True, help="Folder with the original config.json and weights.")
     parser.add_argument("--output_dir", required=True, help="Where to write the hf_ext checkpoint.")
     parser.add_argument("--dtype", default=None, choices=["float32", "float16", "bfloat16"], help="Cast weights.")
-    parser.add_argument("--vision_num_attention_heads", type=int, default=None, help="Default: hidden_size // 64.")
+    parser.add_argument(
+        "--vision_num_attention_heads",
+        type=int,
+        default=None,
+        help="BEiT-3 attention heads; inferred for Base (768 -> 12) and Large (1024 -> 16), required otherwise.",
+    )
     return parser.parse_args(argv)
 
 

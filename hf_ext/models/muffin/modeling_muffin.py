@@ -122,20 +122,42 @@ class MuffinModel(MuffinPreTrainedModel):
         self.query[0].copy_(words[vcfg.bos_token_id])
         self.query[-1].copy_(words[vcfg.eos_token_id])
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    @can_return_tuple
+    def get_image_features(
+        self,
+        pixel_values: torch.Tensor,
+        output_attentions: bool | None = None,
+        output_hidden_states: bool | None = None,
+        **kwargs,
+    ) -> tuple | BaseModelOutputWithPooling:
         """Run the queries through BEiT-3 beside the image patches and project the query outputs.
 
         Args:
             pixel_values (`torch.FloatTensor` of shape `(num_images, channels, height, width)`):
                 All images of the batch, in placeholder order.
+            output_attentions (`bool`, *optional*):
+                Return BEiT-3's attention probabilities (defaults to `config.output_attentions`).
+            output_hidden_states (`bool`, *optional*):
+                Return BEiT-3's hidden states (defaults to `config.output_hidden_states`).
+            return_dict (`bool`, *optional*):
+                Return a tuple when `False` (defaults to `config.return_dict`).
 
         Returns:
-            [`~modeling_outputs.BaseModelOutputWithPooling`]: BEiT-3's output, with `pooler_output` set to a list of
-            `num_images` tensors of shape `(num_query, text_hidden_size)`.
+            [`~modeling_outputs.BaseModelOutputWithPooling`] (or a tuple): BEiT-3's output, with `pooler_output` set
+            to a list of `num_images` tensors of shape `(num_query, text_hidden_size)`.
         """
-        kwargs = {k: v for k, v in kwargs.items() if k in ("output_attentions", "output_hidden_states")}
+        if output_attentions is None:
+            output_attentions = self.config.output_attentions
+        if output_hidden_states is None:
+            output_hidden_states = self.config.output_hidden_states
         queries = self.query.unsqueeze(0).expand(pixel_values.shape[0], -1, -1)
-        image_outputs = self.vision_tower(pixel_values=pixel_values, inputs_embeds=queries, return_dict=True, **kwargs)
+        image_outputs = self.vision_tower(
+            pixel_values=pixel_values,
+            inputs_embeds=queries,
+            output_attentions=output_attentions,
+            output_hidden_states=output_hidden_states,
+            return_dict=True,
+        )
         query_states = image_outputs.last_hidden_state[:, image_outputs.split_position :]
         image_features = self.multi_modal_projector(query_states)
         image_outputs.pooler_output = list(image_features)
@@ -196,7 +218,7 @@ class MuffinModel(MuffinPreTrainedModel):
 
         mm_encoder_outputs = dict(mm_encoder_outputs) if mm_encoder_outputs is not None else {}
         if mm_encoder_outputs.get("image") is None and pixel_values is not None and pixel_values.shape[0] > 0:
-            mm_encoder_outputs["image"] = self.get_image_features(pixel_values=pixel_values)
+            mm_encoder_outputs["image"] = self.get_image_features(pixel_values=pixel_values, return_dict=True)
 
         image_outputs = mm_encoder_outputs.get("image")
         if image_outputs is not None:
@@ -219,6 +241,7 @@ class MuffinModel(MuffinPreTrainedModel):
             position_ids=position_ids,
             cache=cache,
             inputs_embeds=inputs_embeds,
+            return_dict=True,
             **kwargs,
         )
         return MuffinModelOutputWithPast(
@@ -234,6 +257,9 @@ class MuffinForConditionalGeneration(MuffinPreTrainedModel, GenerationMixin):
     """Muffin with a language-modelling head; the class to train (SFT/DPO) and to `generate` with."""
 
     _tied_weights_keys = {"lm_head.weight": "model.language_model.embed_tokens.weight"}
+    # as Llava: the LM head is column-parallel with gathered output; the LLM brings its own plan (its config's
+    # `base_model_tp_plan`, e.g. Llama's), merged under `model.language_model.` by transformers
+    _tp_plan = {"lm_head": "colwise_gather_output"}
 
     def __init__(self, config: MuffinConfig):
         super().__init__(config)
@@ -253,7 +279,7 @@ class MuffinForConditionalGeneration(MuffinPreTrainedModel, GenerationMixin):
     def set_output_embeddings(self, new_embeddings: nn.Module) -> None:
         self.lm_head = new_embeddings
 
-    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> BaseModelOutputWithPooling:
+    def get_image_features(self, pixel_values: torch.Tensor, **kwargs) -> tuple | BaseModelOutputWithPooling:
         """See [`MuffinModel.get_image_features`]."""
         return self.model.get_image_features(pixel_values=pixel_values, **kwargs)
 
@@ -300,6 +326,7 @@ class MuffinForConditionalGeneration(MuffinPreTrainedModel, GenerationMixin):
             cache=cache,
             inputs_embeds=inputs_embeds,
             mm_encoder_outputs=mm_encoder_outputs,
+            return_dict=True,
             **kwargs,
         )
         hidden_states = slice_logits_to_keep(outputs.last_hidden_state, logits_to_keep)

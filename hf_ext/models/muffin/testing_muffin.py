@@ -88,10 +88,14 @@ def tiny_muffin_config(
 def tiny_muffin(
     model_type: str = "muffin",
     seed: int = 0,
+    chat_template: str | dict[str, str] | None = None,
     **config_kwargs: Any,
 ):
     """Return `(model, processor)`: a random tiny `MuffinForConditionalGeneration` (or VisCPM-Chat with
-    `model_type="viscpm_chat"`) in eval mode, fp32, and a matching `MuffinProcessor` (32 px images, 4 queries)."""
+    `model_type="viscpm_chat"`) in eval mode, fp32, and a matching `MuffinProcessor` (32 px images, 4 queries).
+
+    `chat_template` is passed to the processor (e.g. `"muffin_v0"` for TRL prompt-completion training); by default
+    the processor has all built-in templates with the original formats as the default."""
     tok = tiny_muffin_tokenizer()
     if model_type == "muffin":
         from .modeling_muffin import MuffinForConditionalGeneration as model_class
@@ -112,6 +116,7 @@ def tiny_muffin(
         image_processor=MuffinImageProcessor(size={"height": size, "width": size}),
         tokenizer=tok,
         num_query=config.num_query,
+        chat_template=chat_template,
     )
     return model, processor
 

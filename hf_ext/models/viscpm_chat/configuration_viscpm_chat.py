@@ -33,8 +33,8 @@ class VisCPMChatConfig(MuffinConfig):
     text_config: dict | PreTrainedConfig | None = None
     projector_type: Literal["linear", "mlp2"] = "mlp2"
     image_token_id: int = 151646
-    image_start_token_id: int = 151647
-    image_end_token_id: int = 151648
+    image_start_token_id: int | None = 151647
+    image_end_token_id: int | None = 151648
 
 
 __all__ = ["VisCPMChatConfig"]

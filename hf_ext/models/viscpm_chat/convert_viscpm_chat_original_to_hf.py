@@ -31,9 +31,16 @@ logger = logging.get_logger(__name__)
 
 
 def convert_viscpm_chat_checkpoint(
-    checkpoint: str | Path, text_model: str | Path, output_dir: str | Path, image_size: int = 224
+    checkpoint: str | Path,
+    text_model: str | Path,
+    output_dir: str | Path,
+    image_size: int = 224,
+    vision_num_attention_heads: int | None = None,
 ) -> dict:
-    """Convert `checkpoint` (file or folder) + the transformers LLM at `text_model` into `output_dir`."""
+    """Convert `checkpoint` (file or folder) + the transformers LLM at `text_model` into `output_dir`.
+
+    `vision_num_attention_heads` (BEiT-3's head count, stored in no original file) is inferred for BEiT-3 Base/Large
+    (768 -> 12, 1024 -> 16, the released bridge is Large) and required for any other size."""
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     from ..muffin.image_processing_muffin import MuffinImageProcessor
@@ -65,7 +72,7 @@ def convert_viscpm_chat_checkpoint(
         )
     vocab = tokenizer.get_vocab()
     config = VisCPMChatConfig(
-        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge)},
+        vision_config={"image_size": image_size, **infer_beit3_sizes(bridge, vision_num_attention_heads)},
         text_config=text_config,
         num_query=bridge["model.query"].shape[0],
         projector_type="mlp2",
@@ -100,12 +107,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--text_model", required=True, help="transformers causal LM folder or Hub id (the pivot).")
     parser.add_argument("--output_dir", required=True)
     parser.add_argument("--image_size", type=int, default=224)
+    parser.add_argument("--vision_num_attention_heads", type=int, default=None, help="Inferred for BEiT-3 Base/Large.")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    convert_viscpm_chat_checkpoint(args.checkpoint, args.text_model, args.output_dir, args.image_size)
+    convert_viscpm_chat_checkpoint(
+        args.checkpoint, args.text_model, args.output_dir, args.image_size, args.vision_num_attention_heads
+    )
 
 
 if __name__ == "__main__":
