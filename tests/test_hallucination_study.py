@@ -362,3 +362,27 @@ def test_study_script_end_to_end_and_resume(tmp_path):
     assert "{'loss'" not in proc.stdout
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and again.stdout.count("already done") == 2
+
+
+def test_freeze_vision_official_scope(tiny):
+    """The official trainer's lr-0 set: BEiT-3's vision experts and vision embedding; queries and language experts
+    stay trainable."""
+    import copy
+
+    cfg, tok, model, proc = tiny
+    m = copy.deepcopy(model)
+    n = freeze_vision(m, "official")
+    frozen = {k for k, p in m.model.vision_tower.named_parameters() if not p.requires_grad}
+    expected = {
+        k
+        for k, _ in m.model.vision_tower.named_parameters()
+        if ".vision_expert." in k
+        or k.split(".")[1] in ("patch_embed", "cls_token", "mask_token", "vision_position_embeddings")
+    }
+    assert frozen == expected and n == sum(
+        p.numel() for k, p in m.model.vision_tower.named_parameters() if k in frozen
+    )
+    assert m.model.query.requires_grad
+    assert any(".language_expert." in k and p.requires_grad for k, p in m.model.vision_tower.named_parameters())
+    with pytest.raises(ValueError, match="scope must be"):
+        freeze_vision(m, "all")

@@ -63,12 +63,35 @@ def cell_labels(sample: GroundedSample, background: tuple[int, int, int] = (128,
     return out
 
 
-def freeze_vision(model) -> int:
-    """Freeze Muffin's vision side (the BEiT-3 bridge and its queries), as RLHF-V trains the LLM side only.
-    Returns the number of frozen parameters."""
+_OFFICIAL_FROZEN = (
+    "embeddings.patch_embed.",
+    "embeddings.cls_token",
+    "embeddings.mask_token",
+    "embeddings.vision_position_embeddings.",
+    "vision_expert.",
+)
+
+
+def freeze_vision(model, scope: str = "tower") -> int:
+    """Freeze Muffin's vision side for preference training. Returns the number of frozen parameters.
+
+    Args:
+        model ([`MuffinForConditionalGeneration`]): the model (changed in place).
+        scope (`str`, *optional*, defaults to `"tower"`): ``"tower"`` freezes the whole BEiT-3 bridge and its
+            queries (the LLM side trains: projector, LLM); ``"official"`` freezes what RLHF-V's official trainer
+            gives learning rate 0 (``MuffinTrainer.create_optimizer_and_scheduler``: BEiT-3's vision experts, the
+            ``.A`` branches, and ``vision_embed``: patch embedding, CLS / mask tokens, vision positions), so the
+            queries and BEiT-3's language experts still train.
+    """
+    if scope not in ("tower", "official"):
+        raise ValueError(f"freeze_vision: scope must be 'tower' or 'official', got {scope!r}.")
     inner = model.model
     n = 0
-    for p in [*inner.vision_tower.parameters(), inner.query]:
+    if scope == "tower":
+        params = [*inner.vision_tower.parameters(), inner.query]
+    else:
+        params = [p for name, p in inner.vision_tower.named_parameters() if any(k in name for k in _OFFICIAL_FROZEN)]
+    for p in params:
         p.requires_grad_(False)
         n += p.numel()
     return n
@@ -101,11 +124,14 @@ def pretrain_bridge(
     seed: int = 0,
     progress: Callable[[int], Any] | None = None,
 ) -> float:
-    """Bridge pre-training on an easy grounded task: query ``i`` classifies grid cell ``i`` ([`cell_labels`]).
+    """Bridge pre-training on an easy grounded task: query ``i`` classifies grid cell ``i`` ([`cell_labels`], column
+    by column) and, with two more linear heads, names its column and the number of objects in that column.
 
-    Trains BEiT-3 and the queries (a linear head on top, discarded afterwards) with Adam and cross-entropy; the
-    model must have one query per cell (``num_query == 9``). Returns the accuracy on the last epoch's batches.
-    ``progress(n)`` is called after each step with the number of steps done.
+    Trains BEiT-3 and the queries (the linear heads on top are discarded afterwards) with AdamW and the sum of the
+    three cross-entropies; the model must have one query per cell (``num_query == 9``). The column and count
+    targets put where and how many into the query outputs in a form the LLM reads easily (without them the SFT
+    model mixed up columns: 41% of its position words were wrong, measured). Returns the cell accuracy on the last
+    epoch's batches. ``progress(n)`` is called after each step with the number of steps done.
     """
     inner = model.model
     if inner.query.shape[0] != 9:
@@ -113,11 +139,18 @@ def pretrain_bridge(
             f"pretrain_bridge needs num_query == 9 (one query per grid cell), got {inner.query.shape[0]}."
         )
     g = torch.Generator().manual_seed(seed)
-    head = nn.Linear(inner.query.shape[1], len(CELL_CLASSES))
-    params = [*inner.vision_tower.parameters(), inner.query, *head.parameters()]
+    width = inner.query.shape[1]
+    head = nn.Linear(width, len(CELL_CLASSES))
+    column_head = nn.Linear(width, 3)
+    count_head = nn.Linear(width, 4)
+    params = [*inner.vision_tower.parameters(), inner.query]
+    params += [*head.parameters(), *column_head.parameters(), *count_head.parameters()]
     opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     pix_all = processor.image_processor([s.image for s in samples], return_tensors="pt")["pixel_values"]
     labels_all = torch.tensor([cell_labels(s) for s in samples])
+    # objects per column (0-3), repeated for the 3 cells of the column; the column of each query (column by column)
+    counts_all = (labels_all.view(-1, 3, 3) > 0).sum(-1, keepdim=True).expand(-1, 3, 3).reshape(-1, 9)
+    columns = torch.arange(9) // 3
     n = len(samples)
     steps = max(1, int(epochs * n / batch_size))
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
@@ -130,8 +163,12 @@ def pretrain_bridge(
             order, pos = torch.randperm(n, generator=g), 0
         idx = order[pos : pos + batch_size]
         pos += batch_size
-        logits = head(_query_states(inner, pix_all[idx]))
-        loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels_all[idx].reshape(-1))
+        states = _query_states(inner, pix_all[idx])
+        logits = head(states)
+        ce = nn.functional.cross_entropy
+        loss = ce(logits.reshape(-1, logits.shape[-1]), labels_all[idx].reshape(-1))
+        loss = loss + ce(column_head(states).reshape(-1, 3), columns.repeat(len(idx)))
+        loss = loss + ce(count_head(states).reshape(-1, 4), counts_all[idx].reshape(-1))
         opt.zero_grad()
         loss.backward()
         opt.step()

@@ -139,7 +139,9 @@ class StudyConfig:
         sweep_seeds, sweep_num_pairs, sweep_betas: extra settings (pair counts, β) run on ``sweep_seeds`` only.
         lr_grid (`Sequence[float]`): learning rates tried per arm on the validation split of ``lr_seed``.
         lr_seed (`int`): the seed whose validation split picks each arm's learning rate (then fixed for all).
-        min_groups, max_groups, anchor_rate, heldout_fraction: generator settings ([`GroundedTaskConfig`]).
+        min_groups, max_groups, heldout_fraction: generator settings ([`GroundedTaskConfig`]).
+        sft_anchor_rate, anchor_rate: share of scenes built around a co-occurrence anchor in the SFT images and in
+            the pool / validation / test images.
         sft_cooccurrence, pool_cooccurrence, test_cooccurrence: P(partner | anchor) in the SFT images, the
             preference pool and the validation / test images.
         hidden_size, num_layers, num_query: tiny Muffin sizes.
@@ -148,6 +150,9 @@ class StudyConfig:
         pool_size, max_pool_size, sample_temperature: the sampled responses that become pairs.
         pref_epochs, pref_batch_size: preference training (and the SFT-on-corrected control).
         val_samples, test_samples: validation (gates, learning rates) and test images (held-out layouts).
+        vision_freeze (`str`): what preference training freezes: ``"tower"`` (BEiT-3 and queries, the default) or
+            ``"official"`` (what RLHF-V's trainer freezes: BEiT-3's vision experts and vision embedding; see
+            [`~hf_ext.benchmarks.gates.freeze_vision`]).
         gates (`GateThresholds`): gate thresholds; ``enforce_gates`` stops a failing run.
     """
 
@@ -164,8 +169,9 @@ class StudyConfig:
     min_groups: int = 2
     max_groups: int = 3
     anchor_rate: float = 0.5
+    sft_anchor_rate: float = 0.67
     heldout_fraction: float = 0.2
-    sft_cooccurrence: float = 0.95
+    sft_cooccurrence: float = 1.0
     pool_cooccurrence: float = 0.2
     test_cooccurrence: float = 0.0
     hidden_size: int = 64
@@ -175,7 +181,7 @@ class StudyConfig:
     bridge_epochs: float = 8.0
     bridge_lr: float = 3e-3
     sft_samples: int = 3000
-    sft_epochs: float = 2.0
+    sft_epochs: float = 3.0
     sft_lr: float = 1e-3
     sft_batch_size: int = 16
     pool_size: int = 600
@@ -187,6 +193,7 @@ class StudyConfig:
     test_samples: int = 2000
     max_new_tokens: int = 48
     generation_batch_size: int = 128
+    vision_freeze: str = "tower"
     gates: GateThresholds = field(default_factory=GateThresholds)
     enforce_gates: bool = True
 
@@ -203,17 +210,33 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed.")
+        if self.vision_freeze not in ("tower", "official"):
+            raise ValueError(f"vision_freeze must be 'tower' or 'official', got {self.vision_freeze!r}.")
         if not self.lr_grid:
             raise ValueError("lr_grid must hold at least one learning rate.")
 
     def task(self, part: str) -> GroundedTaskConfig:
-        """Generator settings of ``part``: ``"sft"``, ``"pool"``, ``"val"`` or ``"test"``."""
+        """Generator settings of ``part``: ``"bridge"`` (bridge pre-training images: no prior), ``"sft"``,
+        ``"pool"``, ``"val"`` or ``"test"``."""
+        if part not in ("bridge", "sft", "pool", "val", "test"):
+            raise ValueError(f"part must be 'bridge', 'sft', 'pool', 'val' or 'test', got {part!r}.")
+        if part == "bridge":
+            # the vision side's own data: every coloured shape about equally often, no prior to learn
+            return GroundedTaskConfig(
+                image_size=self.image_size,
+                min_groups=self.min_groups,
+                max_groups=self.max_groups,
+                anchor_rate=0.25,
+                cooccurrence=0.5,
+                layouts="train",
+                heldout_fraction=self.heldout_fraction,
+            )
         co = {"sft": self.sft_cooccurrence, "pool": self.pool_cooccurrence}.get(part, self.test_cooccurrence)
         return GroundedTaskConfig(
             image_size=self.image_size,
             min_groups=self.min_groups,
             max_groups=self.max_groups,
-            anchor_rate=self.anchor_rate,
+            anchor_rate=self.sft_anchor_rate if part == "sft" else self.anchor_rate,
             cooccurrence=co,
             layouts="test" if part in ("val", "test") else "train",
             heldout_fraction=self.heldout_fraction,
@@ -605,7 +628,9 @@ def train_arm(
     from ..trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer
 
     policy = copy.deepcopy(sft_model).train()
-    freeze_vision(policy)
+    for p in policy.parameters():
+        p.requires_grad_(True)
+    freeze_vision(policy, config.vision_freeze)
     if arm.kind == "sft":
         return sft(
             policy,
@@ -688,7 +713,7 @@ def prepare_sft_model(
     t0 = time.perf_counter()
     train = generate_samples(config.sft_samples, seed=_base(seed) + 1, config=config.task("sft"))
     model, processor = build_model(config, copy.deepcopy(tokenizer), seed=seed)
-    bridge = train[: config.bridge_samples]
+    bridge = generate_samples(config.bridge_samples, seed=_base(seed) + 6, config=config.task("bridge"))
     steps = max(1, int(config.bridge_epochs * len(bridge) / 64))
     b = bar(steps, "bridge pre-training")
     acc = pretrain_bridge(
@@ -713,7 +738,7 @@ def measure_gates(model, processor, config: StudyConfig, seed: int) -> GateRepor
     clean = [s for s in val if not anchors & set(s.scene.categories)]
     tf_true = teacher_forced_accuracy(model, processor, clean)
     tf_shuf = teacher_forced_accuracy(model, processor, clean, shuffle=True)
-    probe_train = generate_samples(600, seed=_base(seed) + 5, config=config.task("sft"))
+    probe_train = generate_samples(600, seed=_base(seed) + 5, config=config.task("bridge"))
     probe = probe_queries(model, processor, probe_train, val)
     responses = generate_responses(
         model, processor, val, max_new_tokens=config.max_new_tokens, batch_size=config.generation_batch_size
@@ -862,6 +887,7 @@ def run_seed(
             if arm.kind == "sft" and beta != config.beta:
                 b.update(1)
                 continue  # β does not enter SFT
+            t_arm = time.perf_counter()
             policy = train_arm(
                 model,
                 processor,
@@ -874,8 +900,11 @@ def run_seed(
                 beta=beta,
                 log_file=log_file,
             )
+            t_eval = time.perf_counter()
             m = evaluate_responses(generate_responses(policy, processor, test, **gen), test)
             runs.append({"seed": seed, "method": name, "pairs": n, "beta": beta, "lr": learning_rates[name], **m})
+            runs[-1]["train_s"] = t_eval - t_arm
+            runs[-1]["eval_s"] = time.perf_counter() - t_eval
             b.update(1)
             del policy
     b.close()
