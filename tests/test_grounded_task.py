@@ -336,3 +336,29 @@ def test_cooccurrence_sampler_statistics():
     assert all(layout_split(s.scene) == "test" for s in test)
     assert not {layout_key(s.scene) for s in test} & {layout_key(s.scene) for s in samples}
     assert all(conflict_partner(s.scene) is not None for s in test if set(s.scene.categories) & set(pairs))
+
+
+@pytest.mark.parametrize("slot", ["empty", "near"])
+def test_conflict_slot(slot):
+    """Conflict scenes put the anchor in the left or middle column; the column right of it is empty or holds a
+    coloured shape sharing exactly one of colour / shape with the absent partner."""
+    from hf_ext.benchmarks.grounded import conflict_partner
+
+    cfg = GroundedTaskConfig(min_groups=2, anchor_rate=1.0, cooccurrence=0.0, conflict_slot=slot)
+    for s in generate_samples(200, seed=9, config=cfg):
+        partner = conflict_partner(s.scene)
+        assert partner is not None
+        anchor = next(g for g in s.scene.groups if g.category not in {partner} and g.category in _ANCHORS)
+        col = POSITIONS.index(anchor.position)
+        assert col < 2
+        nxt = next((g for g in s.scene.groups if g.position == POSITIONS[col + 1]), None)
+        if slot == "empty":
+            assert nxt is None
+        else:
+            p_colour, p_shape = partner.split()
+            assert nxt is not None and (nxt.colour == p_colour) != (nxt.shape == p_shape)
+    with pytest.raises(ValueError, match="conflict_slot must be"):
+        GroundedTaskConfig(conflict_slot="full")
+
+
+_ANCHORS = {"red circle", "green triangle", "yellow square"}

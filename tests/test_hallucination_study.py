@@ -350,7 +350,7 @@ def test_study_script_end_to_end_and_resume(tmp_path):
     for k, v in TINY.items():
         flag = "--" + k.replace("_", "-")
         cmd += [flag, *map(str, v)] if isinstance(v, tuple) else [flag, str(v)]
-    cmd += ["--seeds", "0", "1", "--no-enforce-gates"]
+    cmd += ["--seeds", "0", "1", "--no-enforce-gates", "--no-drop-ungrammatical"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())

@@ -189,6 +189,10 @@ class GroundedTaskConfig:
             (coloured shape, column) pairs) falls in that part of a fixed hash split (see [`layout_split`]);
             ``None`` keeps every scene.
         heldout_fraction (`float`, *optional*, defaults to 0.2): share of layouts reserved for ``"test"``.
+        conflict_slot (`str`, *optional*): in an anchor scene without its partner, what the partner's usual place
+            (the column right of the anchor, the anchor then in the left or middle column) holds: ``"empty"``
+            (nothing: the prior would fill it) or ``"near"`` (a coloured shape that shares the partner's colour or
+            its shape); ``None`` places the anchor anywhere and the other groups at random.
     """
 
     image_size: int = 48
@@ -202,11 +206,14 @@ class GroundedTaskConfig:
     cooccurrence: float = 0.0
     layouts: str | None = None
     heldout_fraction: float = 0.2
+    conflict_slot: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("anchor_rate", "cooccurrence", "heldout_fraction"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if self.conflict_slot not in (None, "empty", "near"):
+            raise ValueError(f"conflict_slot must be None, 'empty' or 'near', got {self.conflict_slot!r}.")
         if self.layouts not in (None, "train", "test"):
             raise ValueError(f"layouts must be None, 'train' or 'test', got {self.layouts!r}.")
         if not 0.1 <= self.object_scale <= 0.4:
@@ -255,14 +262,25 @@ def generate_scene(rng: random.Random, config: GroundedTaskConfig | None = None)
         anchor, partner = rng.choice(COOCCURRENCE_PAIRS)
         fillers = [c for c in everything if c not in anchors and c not in partners]
         with_partner = n >= 2 and rng.random() < config.cooccurrence
+        blocked: set[int] = set()
         if with_partner:
             col = rng.randrange(len(POSITIONS) - 1)
             placed = {col: anchor, col + 1: partner}
-        else:
+        elif config.conflict_slot is None:
             placed = {rng.randrange(len(POSITIONS)): anchor}
-        free_cols = [c for c in range(len(POSITIONS)) if c not in placed]
-        extra = rng.sample(free_cols, n - len(placed))
-        for c, cat in zip(extra, rng.sample(fillers, len(extra))):
+        else:
+            # the partner's usual place (the column right of the anchor) is empty or holds a near-partner
+            col = rng.randrange(len(POSITIONS) - 1)
+            placed = {col: anchor}
+            if config.conflict_slot == "empty":
+                blocked = {col + 1}
+            else:
+                p_colour, p_shape = partner.split()
+                near = [c for c in fillers if (c.split()[0] == p_colour) != (c.split()[1] == p_shape)]
+                placed[col + 1] = rng.choice(near)
+        free_cols = [c for c in range(len(POSITIONS)) if c not in placed and c not in blocked]
+        extra = rng.sample(free_cols, min(len(free_cols), max(0, n - len(placed))))
+        for c, cat in zip(extra, rng.sample([f for f in fillers if f not in placed.values()], len(extra))):
             placed[c] = cat
     else:
         pool = [c for c in everything if c not in anchors]

@@ -85,11 +85,14 @@ __all__ = [
     "generate_responses",
     "load_pairs",
     "measure_gates",
+    "prepare_sft_model",
+    "primary_runs",
     "run_seed",
     "run_study",
     "sample_pool",
     "select_learning_rates",
     "sft",
+    "sft_steps",
     "summarize",
     "train_arm",
     "train_preference",
@@ -144,10 +147,14 @@ class StudyConfig:
             the pool / validation / test images.
         sft_cooccurrence, pool_cooccurrence, test_cooccurrence: P(partner | anchor) in the SFT images, the
             preference pool and the validation / test images.
+        conflict_slot (`str`): what the partner's usual place holds in the pool / validation / test anchor scenes
+            without the partner (``"empty"``, ``"near"`` or ``None``; see [`GroundedTaskConfig`]).
         hidden_size, num_layers, num_query: tiny Muffin sizes.
         bridge_samples, bridge_epochs, bridge_lr: bridge pre-training (per-cell classification).
         sft_samples, sft_epochs, sft_lr, sft_batch_size: SFT (bridge frozen).
         pool_size, max_pool_size, sample_temperature: the sampled responses that become pairs.
+        drop_ungrammatical (`bool`): drop (and count) sampled answers outside the task grammar; ``False`` is for
+            smoke tests of untrained models only.
         pref_epochs, pref_batch_size: preference training (and the SFT-on-corrected control).
         val_samples, test_samples: validation (gates, learning rates) and test images (held-out layouts).
         vision_freeze (`str`): what preference training freezes: ``"tower"`` (BEiT-3 and queries, the default) or
@@ -174,6 +181,7 @@ class StudyConfig:
     sft_cooccurrence: float = 1.0
     pool_cooccurrence: float = 0.2
     test_cooccurrence: float = 0.0
+    conflict_slot: str | None = "empty"
     hidden_size: int = 64
     num_layers: int = 2
     num_query: int = 9
@@ -187,6 +195,7 @@ class StudyConfig:
     pool_size: int = 600
     max_pool_size: int = 4000
     sample_temperature: float = 0.7
+    drop_ungrammatical: bool = True
     pref_epochs: float = 2.0
     pref_batch_size: int = 8
     val_samples: int = 300
@@ -238,6 +247,7 @@ class StudyConfig:
             max_groups=self.max_groups,
             anchor_rate=self.sft_anchor_rate if part == "sft" else self.anchor_rate,
             cooccurrence=co,
+            conflict_slot=None if part == "sft" else self.conflict_slot,
             layouts="test" if part in ("val", "test") else "train",
             heldout_fraction=self.heldout_fraction,
         )
@@ -558,12 +568,13 @@ def build_ranking_pairs(
     samples: Sequence[GroundedSample],
     parquet_path: str | os.PathLike,
     max_pairs: int | None = None,
+    require_grammatical: bool = True,
 ) -> tuple[Any, dict[str, Any]]:
     """Response-level pairs: two grammatical samples of one prompt whose hallucination counts differ, the one with
     fewer preferred (no segments: the paper's response-level contrast). Returns ``(dataset, stats)``."""
     records, ungrammatical, extra = [], 0, 0
     for a, b, s in zip(first, second, samples):
-        if not (is_grammatical(a) and is_grammatical(b)):
+        if require_grammatical and not (is_grammatical(a) and is_grammatical(b)):
             ungrammatical += 1
             continue
         na, nb = len(find_hallucinations(a, s.scene)), len(find_hallucinations(b, s.scene))
@@ -750,12 +761,16 @@ def measure_gates(model, processor, config: StudyConfig, seed: int) -> GateRepor
 def _pairs_for(config: StudyConfig, model, processor, seed: int, work: Path, max_pairs: int):
     """Sample the pool (grown until both pair kinds reach ``max_pairs`` or ``max_pool_size``), write both parquet
     files; returns ``(pool, first, second, stats)``."""
-    pool_size = config.pool_size
+    pool_size, g = config.pool_size, config.drop_ungrammatical
     while True:
         pool = generate_samples(pool_size, seed=_base(seed) + 2, config=config.task("pool"))
         first, second = sample_pool(model, processor, pool, config, seed)
-        _, c_stats = build_preference_pairs(first, pool, work / "probe_corrected.parquet", max_pairs=max_pairs)
-        _, r_stats = build_ranking_pairs(first, second, pool, work / "probe_ranking.parquet", max_pairs=max_pairs)
+        _, c_stats = build_preference_pairs(
+            first, pool, work / "probe_corrected.parquet", max_pairs=max_pairs, require_grammatical=g
+        )
+        _, r_stats = build_ranking_pairs(
+            first, second, pool, work / "probe_ranking.parquet", max_pairs=max_pairs, require_grammatical=g
+        )
         short = min(c_stats["pairs"], r_stats["pairs"])
         if short >= max_pairs or pool_size >= config.max_pool_size:
             return pool, first, second, {"corrected": c_stats, "ranking": r_stats, "pool_size": pool_size}
@@ -763,9 +778,13 @@ def _pairs_for(config: StudyConfig, model, processor, seed: int, work: Path, max
         pool_size = min(config.max_pool_size, int(1.15 * max_pairs / rate) + 1)
 
 
-def _datasets(pool, first, second, n: int, work: Path):
-    corrected, c_stats = build_preference_pairs(first, pool, work / f"corrected_{n}.parquet", max_pairs=n)
-    ranking, r_stats = build_ranking_pairs(first, second, pool, work / f"ranking_{n}.parquet", max_pairs=n)
+def _datasets(pool, first, second, n: int, work: Path, grammatical: bool = True):
+    corrected, c_stats = build_preference_pairs(
+        first, pool, work / f"corrected_{n}.parquet", max_pairs=n, require_grammatical=grammatical
+    )
+    ranking, r_stats = build_ranking_pairs(
+        first, second, pool, work / f"ranking_{n}.parquet", max_pairs=n, require_grammatical=grammatical
+    )
     if corrected is None or ranking is None:
         raise RuntimeError(f"no preference pairs at n={n}: the SFT model produced no usable hallucinated response.")
     return {"corrected": corrected, "ranking": ranking}, {"corrected": c_stats, "ranking": r_stats}
@@ -872,7 +891,7 @@ def run_seed(
     ]
     pair_stats, lr_trials = {}, []
     if learning_rates is None:
-        data, _ = _datasets(pool, first, second, config.num_pairs, work)
+        data, _ = _datasets(pool, first, second, config.num_pairs, work, config.drop_ungrammatical)
         learning_rates, lr_trials = select_learning_rates(model, processor, data, config, seed, work, log_file, bar)
         log(
             "learning rates picked on the validation split: "
@@ -880,7 +899,7 @@ def run_seed(
         )
     b = bar(len(settings) * len(config.arms), "preference arms")
     for n, beta in settings:
-        data, st = _datasets(pool, first, second, n, work)
+        data, st = _datasets(pool, first, second, n, work, config.drop_ungrammatical)
         pair_stats[f"{n}"] = st
         for name in config.arms:
             arm = ARMS[name]
