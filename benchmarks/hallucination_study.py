@@ -161,6 +161,7 @@ def main(argv=None) -> int:
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
     kw = {f.name: getattr(args, f.name) for f in fields(StudyConfig) if hasattr(args, f.name)}

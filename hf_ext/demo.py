@@ -189,9 +189,13 @@ def train_main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers.utils import logging as hf_logging
 
     from hf_ext import DenseDPOConfig, DenseDPOTrainer
     from hf_ext.benchmarks.gates import freeze_vision
+
+    if args.log_file is not None:
+        hf_logging.disable_progress_bar()
     from hf_ext.benchmarks.hallucination import _quiet, load_pairs
 
     model = AutoModelForImageTextToText.from_pretrained(args.init_dir)
@@ -401,6 +405,7 @@ def main(argv: list[str] | None = None) -> None:
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()  # loading / saving bars: the stage bars are enough
     # The models are tiny: one thread is as fast as two on an idle machine and much faster on a busy one (idle
     # OpenMP threads spin-wait and steal the cores other processes need).
     torch.set_num_threads(1)
@@ -437,7 +442,9 @@ def main(argv: list[str] | None = None) -> None:
     stage(4, f"preference data in RLHF-V's form: answers sampled at T={config.sample_temperature}, corrected")
     first, _ = sample_pool(model, processor, data["pool"], config, seed=args.seed)
     parquet = output_dir / "data" / "rlhf_v_pairs.parquet"
-    pairs, stats = build_preference_pairs(first, data["pool"], parquet, max_pairs=config.num_pairs)
+    pairs, stats = build_preference_pairs(
+        first, data["pool"], parquet, max_pairs=config.num_pairs, require_grammatical=config.drop_ungrammatical
+    )
     if pairs is None:
         raise RuntimeError("The SFT model produced no hallucinated grammatical answer: nothing to correct.")
     print(

@@ -151,6 +151,8 @@ class StudyConfig:
             without the partner (``"empty"``, ``"near"`` or ``None``; see [`GroundedTaskConfig`]).
         hidden_size, num_layers, num_query: tiny Muffin sizes.
         bridge_samples, bridge_epochs, bridge_lr: bridge pre-training (per-cell classification).
+        bridge_data (`str`): the bridge's images: ``"sft"`` (the first ``bridge_samples`` SFT images) or
+            ``"unbiased"`` (images of their own with a weak prior, ``task("bridge")``).
         sft_samples, sft_epochs, sft_lr, sft_batch_size: SFT (bridge frozen).
         pool_size, max_pool_size, sample_temperature: the sampled responses that become pairs.
         drop_ungrammatical (`bool`): drop (and count) sampled answers outside the task grammar; ``False`` is for
@@ -186,6 +188,7 @@ class StudyConfig:
     num_layers: int = 2
     num_query: int = 9
     bridge_samples: int = 3000
+    bridge_data: str = "sft"
     bridge_epochs: float = 8.0
     bridge_lr: float = 3e-3
     sft_samples: int = 3000
@@ -219,6 +222,8 @@ class StudyConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}.")
         if not self.seeds:
             raise ValueError("seeds must name at least one seed.")
+        if self.bridge_data not in ("sft", "unbiased"):
+            raise ValueError(f"bridge_data must be 'sft' or 'unbiased', got {self.bridge_data!r}.")
         if self.vision_freeze not in ("tower", "official"):
             raise ValueError(f"vision_freeze must be 'tower' or 'official', got {self.vision_freeze!r}.")
         if not self.lr_grid:
@@ -724,7 +729,10 @@ def prepare_sft_model(
     t0 = time.perf_counter()
     train = generate_samples(config.sft_samples, seed=_base(seed) + 1, config=config.task("sft"))
     model, processor = build_model(config, copy.deepcopy(tokenizer), seed=seed)
-    bridge = generate_samples(config.bridge_samples, seed=_base(seed) + 6, config=config.task("bridge"))
+    if config.bridge_data == "sft":
+        bridge = train[: config.bridge_samples]
+    else:
+        bridge = generate_samples(config.bridge_samples, seed=_base(seed) + 6, config=config.task("bridge"))
     steps = max(1, int(config.bridge_epochs * len(bridge) / 64))
     b = bar(steps, "bridge pre-training")
     acc = pretrain_bridge(
