@@ -178,12 +178,12 @@ class StudyConfig:
     min_groups: int = 2
     max_groups: int = 3
     anchor_rate: float = 0.5
-    sft_anchor_rate: float = 0.67
+    sft_anchor_rate: float = 0.5
     heldout_fraction: float = 0.2
     sft_cooccurrence: float = 1.0
     pool_cooccurrence: float = 0.2
     test_cooccurrence: float = 0.0
-    conflict_slot: str | None = "empty"
+    conflict_slot: str | None = "near"
     hidden_size: int = 64
     num_layers: int = 2
     num_query: int = 9
@@ -192,7 +192,7 @@ class StudyConfig:
     bridge_epochs: float = 8.0
     bridge_lr: float = 3e-3
     sft_samples: int = 3000
-    sft_epochs: float = 3.0
+    sft_epochs: float = 4.0
     sft_lr: float = 1e-3
     sft_batch_size: int = 16
     pool_size: int = 600
