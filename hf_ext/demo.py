@@ -141,7 +141,6 @@ DEMO_CONFIG: dict = dict(
     bridge_samples=3000,
     sft_samples=3000,
     pool_size=300,
-    val_samples=200,
     test_samples=400,
 )
 
@@ -323,6 +322,9 @@ def evaluate_checkpoint(
         trainer = DenseDPOTrainer(
             model=model, ref_model=ref_model, args=config, train_dataset=dataset, processing_class=processor
         )
+        from hf_ext.benchmarks.hallucination import _quiet
+
+        _quiet(trainer, None, "evaluate_checkpoint")  # no per-step dicts on the console
         with torch.no_grad():
             metrics = trainer.evaluate(eval_dataset=dataset)
     return {

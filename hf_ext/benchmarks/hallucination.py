@@ -178,7 +178,7 @@ class StudyConfig:
     min_groups: int = 2
     max_groups: int = 3
     anchor_rate: float = 0.5
-    sft_anchor_rate: float = 0.5
+    sft_anchor_rate: float = 0.67
     heldout_fraction: float = 0.2
     sft_cooccurrence: float = 1.0
     pool_cooccurrence: float = 0.2
@@ -189,7 +189,7 @@ class StudyConfig:
     num_query: int = 9
     bridge_samples: int = 3000
     bridge_data: str = "sft"
-    bridge_epochs: float = 8.0
+    bridge_epochs: float = 10.0
     bridge_lr: float = 3e-3
     sft_samples: int = 3000
     sft_epochs: float = 4.0
@@ -201,7 +201,7 @@ class StudyConfig:
     drop_ungrammatical: bool = True
     pref_epochs: float = 2.0
     pref_batch_size: int = 8
-    val_samples: int = 300
+    val_samples: int = 400
     test_samples: int = 2000
     max_new_tokens: int = 48
     generation_batch_size: int = 128
