@@ -20,7 +20,7 @@ demo: $(STAMP)
 	$(PY) -m hf_ext.demo
 
 study: $(STAMP)
-	$(PY) benchmarks/hallucination_study.py
+	$(PY) benchmarks/hallucination_study.py --workers 2
 
 test: $(STAMP)
 	$(PY) -m pytest -m "not slow" -n 2 --dist loadfile -q

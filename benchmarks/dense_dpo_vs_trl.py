@@ -87,11 +87,13 @@ def build(task: str, args):
     """Model, processing class and dataset for `task` ("text", "vision" or "vision-lora")."""
     import torch
 
-    from dataset_builders.rlhf_v import load_rlhf_v, write_rlhf_v_parquet
+    from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
 
     data_dir = tempfile.mkdtemp(prefix="bench_")
     n_rows = max(4 * args.batch, 8)
-    parquet = write_rlhf_v_parquet(os.path.join(data_dir, "d.parquet"), n=n_rows, image_size=args.image_size)
+    parquet = write_rlhf_v_parquet(
+        make_rlhf_v_rows(n=n_rows, image_size=args.image_size), os.path.join(data_dir, "d.parquet")
+    )
     vision = load_rlhf_v(parquet)
     h = args.hidden
     if task == "text":

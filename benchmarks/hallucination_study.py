@@ -1,124 +1,216 @@
-"""The RLHF-V study in miniature: does dense DPO cut hallucinations more than DPO at equal data?
+"""The RLHF-V study in miniature: does dense DPO cut the hallucinations a misleading language prior causes?
 
-For each seed: SFT a tiny Muffin on the grounded shapes task (TRL ``SFTTrainer``), sample its responses to fresh
-prompts, correct the hallucinated segments (RLHF-V's protocol, written in the RLHF-V parquet schema), then train
-from the same SFT weights on the same pairs with TRL's DPO and with hf_ext's dense DPO (γ = 1.1 and 5, normalised
-and not). Every model answers the same held-out images greedily; the table reports CHAIR-i, CHAIR-s, recall of the
-true objects and count / position error rates (mean ± std over seeds, ×100), and a PNG plot is written.
+Per seed: a tiny Muffin whose bridge is pre-trained on an easy grounded task (then frozen) is fine-tuned on biased
+images (co-occurrence pairs); the gates check that it sees and that its prior misleads it on conflict images; its
+sampled answers are corrected as RLHF-V's annotators did; then, from the same SFT weights and the same pairs, every
+arm: SFT on the corrected answers (control), DPO, DPO on response-level ranking pairs, dense DPO γ ∈ {2, 5}, summed
+and normalised (vision frozen, learning rate per arm from a grid on a validation split). The primary metric is
+CHAIR-i on conflict images of held-out layouts, as the paired difference from DPO within seed with a 95% CI.
 
-    python benchmarks/hallucination_study.py                       # reduced study (make study)
-    python benchmarks/hallucination_study.py --num-pairs 1400      # the paper's number of pairs (slow on CPU)
-    python benchmarks/hallucination_study.py --seeds 0 --arms dpo ddpo_g5 --sft-samples 500   # a quick look
+    python benchmarks/hallucination_study.py                  # the full study (make study), resumable
+    python benchmarks/hallucination_study.py --workers 2      # seeds on two processes after the first one
+    python benchmarks/hallucination_study.py --seeds 0 --sweep-seeds --lr-grid 1e-4 --output-dir /tmp/s   # a look
 
-Outputs in ``--output-dir``: ``results.json`` (every run and the pair statistics), ``results.md`` (the table) and
-``hallucination_study.png``.
+Outputs in ``--output-dir``: ``seeds/seed{N}.json`` (written as each seed finishes; rerunning skips them),
+``learning_rates.json``, ``results.json``, ``results.md`` (tables, gates, pairs), ``hallucination_study.png`` and
+``train_log.jsonl`` (the trainers' per-step logs).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
+import subprocess
 import sys
 import time
+import warnings
 from dataclasses import fields
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+_LISTS = {
+    "seeds": int,
+    "arms": str,
+    "sweep_seeds": int,
+    "sweep_num_pairs": int,
+    "sweep_betas": float,
+    "lr_grid": float,
+}
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from hf_ext.benchmarks.hallucination import ARMS, StudyConfig
+    from hf_ext.benchmarks.hallucination import StudyConfig
 
     d = StudyConfig()
     p = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    p.add_argument("--seeds", type=int, nargs="+", default=list(d.seeds))
-    p.add_argument("--arms", nargs="+", default=list(d.arms), choices=sorted(ARMS))
-    p.add_argument("--num-pairs", type=int, default=d.num_pairs, help="pairs per arm (the paper: 1400)")
     for f in fields(StudyConfig):
-        if f.name in ("seeds", "arms", "num_pairs", "progress"):
-            continue
         flag, default = "--" + f.name.replace("_", "-"), getattr(d, f.name)
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true", default=default)
+        if f.name in _LISTS:
+            p.add_argument(flag, type=_LISTS[f.name], nargs="*", default=list(default))
+        elif f.name == "gates":
+            continue
+        elif isinstance(default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
         else:
             p.add_argument(flag, type=type(default), default=default)
     p.add_argument("--output-dir", default="benchmarks/results/hallucination_study")
     p.add_argument("--work-dir", default=None, help="SFT runs and pair parquet files (default: a temporary directory)")
-    p.add_argument(
-        "--threads", type=int, default=1, help="torch threads (default 1: the models are tiny; 0 = torch's choice)"
-    )
-    p.add_argument("--progress", action="store_true", help="show the trainers' progress bars")
+    p.add_argument("--workers", type=int, default=1, help="processes for the seeds after the learning-rate seed")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1: tiny models)")
+    p.add_argument("--no-report", action="store_true", help="run seeds only (used by --workers)")
     return p.parse_args(argv)
 
 
-def plot(runs, path: Path) -> None:
-    """Bar plot of CHAIR-i, CHAIR-s and recall per method (mean ± std over seeds)."""
+def plot(results, config, path: Path) -> None:
+    """Paired differences from DPO (primary metric, 95% CI) and recall per method."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hf_ext.benchmarks.hallucination import summarize
+    from hf_ext.benchmarks.hallucination import primary_runs
+    from hf_ext.benchmarks.stats import paired_differences
     from hf_ext.utils.io import atomic_write
 
-    rows = summarize(runs)
-    metrics = ("chair_i", "chair_s", "recall")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.6))
-    for ax, m in zip(axes, metrics):
-        names = [r["method"] for r in rows]
-        ax.bar(
-            names,
-            [100 * r[m] for r in rows],
-            yerr=[100 * r[m + "_std"] for r in rows],
-            capsize=3,
-            color=["#888888"] + ["#4477aa"] + ["#cc6677"] * (len(rows) - 2),
-        )
-        ax.set_title(m.replace("_", "-").upper() if m != "recall" else "recall of true objects")
-        ax.set_ylabel("%")
+    runs = primary_runs(results["runs"], config.num_pairs, config.beta)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
+    for ax, metric, title in (
+        (axes[0], "chair_i_conflict", "CHAIR-i on conflict images"),
+        (axes[1], "recall", "recall of true objects"),
+    ):
+        d = paired_differences(runs, metric, "dpo")
+        names = [x["method"] for x in d]
+        means = [100 * x["mean"] for x in d]
+        err = [
+            [100 * (x["mean"] - x["low"]) for x in d] if all(x["n"] > 1 for x in d) else None,
+            [100 * (x["high"] - x["mean"]) for x in d] if all(x["n"] > 1 for x in d) else None,
+        ]
+        ax.bar(names, means, yerr=None if err[0] is None else err, capsize=3, color="#4477aa")
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_title(f"{title}: method − DPO, same seed (points)")
         ax.tick_params(axis="x", rotation=45)
-    n_seeds = max(r["n_seeds"] for r in rows)
-    fig.suptitle(f"Grounded shapes task, tiny Muffin: SFT vs DPO vs dense DPO ({n_seeds} seed(s), mean ± std)")
+    n_seeds = len({r["seed"] for r in runs})
+    fig.suptitle(
+        f"Grounded shapes with a co-occurrence prior, tiny Muffin: {n_seeds} seed(s), "
+        f"{config.num_pairs} pairs, β={config.beta}, mean and 95% CI"
+    )
     fig.tight_layout()
     with atomic_write(path, "wb") as f:
         fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 
+def report(results, config, out: Path) -> str:
+    """The Markdown report: gates per seed, pair statistics, the primary table and the sweep tables."""
+    from hf_ext.benchmarks.hallucination import format_table, primary_runs
+
+    lines = ["## Gates (validation split, per seed)", ""]
+    lines += ["| seed | colour (shuffled) | shape (shuffled) | probe | prior rate (conflict images) | passed |"]
+    lines += ["| --- | --- | --- | --- | --- | --- |"]
+    for s in results["seeds"]:
+        g = s["gates"]
+        lines.append(
+            f"| {s['seed']} | {g['colour_true']:.3f} ({g['colour_shuffled']:.3f}) | {g['shape_true']:.3f} "
+            f"({g['shape_shuffled']:.3f}) | {g['probe']:.3f} | {g['prior_rate']:.3f} (n={g['n_conflict']}) | "
+            f"{g['passed']} |"
+        )
+    lines += ["", "## Pairs (per seed)", ""]
+    for s in results["seeds"]:
+        p = s["pairs"]["pool"]
+        c = p["corrected"]
+        lines.append(
+            f"* seed {s['seed']}: {p['pool_size']} prompts, {c['ungrammatical']} ungrammatical first samples dropped, "
+            f"{c['pairs']} corrected pairs ({c['segments_per_pair']:.2f} segments/pair, {c['deleted_segments']} "
+            f"deletions, {c['correction_types']}), {p['ranking']['pairs']} ranking pairs"
+        )
+    lrs = results["seeds"][0]["learning_rates"] if results["seeds"] else {}
+    lines += ["", f"Learning rates (validation split of seed {config.lr_seed}): {lrs}", ""]
+    lines += [f"## Primary: {config.num_pairs} pairs, β = {config.beta} (rates ×100)", ""]
+    lines.append(format_table(primary_runs(results["runs"], config.num_pairs, config.beta)))
+    sweeps = sorted({(r["pairs"], r["beta"]) for r in results["runs"] if r["method"] != "sft"})
+    for n, b in sweeps:
+        if (n, b) == (config.num_pairs, config.beta):
+            continue
+        runs = [r for r in results["runs"] if r["method"] != "sft" and (r["pairs"], r["beta"]) == (n, b)]
+        lines += ["", f"## Sweep: {n} pairs, β = {b}", "", format_table(runs)]
+    return "\n".join(lines) + "\n"
+
+
+def _bar_factory():
+    from tqdm.auto import tqdm
+
+    def bar(total, desc):
+        return tqdm(total=total, desc=f"  {desc}", leave=False, dynamic_ncols=True, file=sys.stderr)
+
+    return bar
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=UserWarning)
     import datasets
     import torch
+    from transformers.utils import logging as hf_logging
 
-    from hf_ext.benchmarks.hallucination import StudyConfig, format_table, run_study, save_results
+    from hf_ext.benchmarks.hallucination import GateError, StudyConfig, run_study, save_results
 
     datasets.disable_progress_bars()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     if args.threads:
         torch.set_num_threads(args.threads)
     kw = {f.name: getattr(args, f.name) for f in fields(StudyConfig) if hasattr(args, f.name)}
-    kw["seeds"], kw["arms"] = tuple(args.seeds), tuple(args.arms)
+    for k in _LISTS:
+        kw[k] = tuple(kw[k])
     config = StudyConfig(**kw)
     out = Path(args.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    log_file = out / "train_log.jsonl"
     t0 = time.perf_counter()
-    import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="hallucination_study_") as tmp:
-        results = run_study(config, args.work_dir or tmp, log=lambda s: print(s, flush=True))
+    def say(s):
+        print(s, flush=True)
+
+    say(f"hallucination study: {len(config.seeds)} seeds, arms {', '.join(config.arms)}; step logs in {log_file}")
+    try:
+        if args.workers > 1 and len(config.seeds) > 1:
+            # the learning-rate seed first (it picks every arm's rate), then the others on `workers` processes
+            run_study(
+                StudyConfig(**{**kw, "seeds": (config.lr_seed,)}), out, args.work_dir, say, _bar_factory(), log_file
+            )
+            rest = [s for s in config.seeds if s != config.lr_seed]
+            procs = []
+            for w in range(args.workers):
+                mine = rest[w :: args.workers]
+                if not mine:
+                    continue
+                cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+                cmd = [c for c in cmd]
+                cmd += ["--workers", "1", "--no-report", "--seeds", *map(str, mine)]
+                procs.append(subprocess.Popen(cmd))
+            codes = [p.wait() for p in procs]
+            if any(codes):
+                say(f"a worker failed (exit codes {codes}); rerun to resume the missing seeds")
+                return 1
+        results = run_study(config, out, args.work_dir, say, _bar_factory(), log_file)
+    except GateError as e:
+        say(f"STOPPED: {e}")
+        return 2
+    if args.no_report:
+        return 0
     results["wall_time_s"] = time.perf_counter() - t0
-    results["torch_threads"] = torch.get_num_threads()
-    table = format_table(results["runs"])
     save_results(results, out / "results.json")
-    (out / "results.md").write_text(table + "\n")
-    plot(results["runs"], out / "hallucination_study.png")
-    print()
-    print(table)
-    print()
-    print("pairs per seed:", json.dumps(results["pairs"]))
-    print(f"wall time {results['wall_time_s']:.0f}s; results in {out}")
+    md = report(results, config, out)
+    (out / "results.md").write_text(md)
+    plot(results, config, out / "hallucination_study.png")
+    say("")
+    say(md)
+    say(f"wall time {results['wall_time_s']:.0f}s; table {out / 'results.md'}, plot {out / 'hallucination_study.png'}")
     return 0
 
 

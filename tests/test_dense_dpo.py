@@ -381,9 +381,9 @@ def test_rejects_plain_dpo_config(tmp_path):
 
 @pytest.fixture(scope="module")
 def vlm_data(tmp_path_factory):
-    from dataset_builders.rlhf_v import load_rlhf_v, write_rlhf_v_parquet
+    from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
 
-    path = write_rlhf_v_parquet(tmp_path_factory.mktemp("rlhfv") / "s.parquet", n=4)
+    path = write_rlhf_v_parquet(make_rlhf_v_rows(n=4), tmp_path_factory.mktemp("rlhfv") / "s.parquet")
     return load_rlhf_v(path)
 
 

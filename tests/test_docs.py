@@ -71,9 +71,9 @@ def _tiny_causal_lm_dir(path: Path) -> None:
 
 
 def _rlhf_v_parquet(path: Path) -> None:
-    from dataset_builders.rlhf_v.fixtures import write_rlhf_v_parquet
+    from dataset_builders.rlhf_v import make_rlhf_v_rows, write_rlhf_v_parquet
 
-    write_rlhf_v_parquet(path, n=4)
+    write_rlhf_v_parquet(make_rlhf_v_rows(n=4), path)
 
 
 def _poetry_file(path: Path) -> None:

@@ -15,7 +15,7 @@ from dataset_builders._common import BadRowError
 from dataset_builders.chinese_poetry import load_chinese_poetry
 from dataset_builders.elv import load_semeval2010_task8
 from dataset_builders.rlhf_v import load_rlhf_v
-from dataset_builders.rlhf_v.fixtures import make_rlhf_v_rows, write_rlhf_v_parquet
+from dataset_builders.rlhf_v import make_rlhf_v_rows, write_rlhf_v_parquet
 from dataset_builders.unimm_chat import load_unimm_chat
 
 SEMEVAL_BLOCK = '{i}\t"The <e1>child</e1> was wrapped into the <e2>cradle</e2>."\nOther\nComment:\n\n'
@@ -26,21 +26,26 @@ POEM = {
 }
 
 
+
+def _write_fixture(path, n: int = 8, rows: list[dict] | None = None):
+    """The builder's writer on `rows` (default: `n` fixture rows)."""
+    return write_rlhf_v_parquet(rows if rows is not None else make_rlhf_v_rows(n=n), path)
+
 def test_cache_dir_is_rebuilt_when_the_file_changes(tmp_path):
     rows = make_rlhf_v_rows(4)
-    path = write_rlhf_v_parquet(tmp_path / "a.parquet", rows=rows[:2])
+    path = _write_fixture(tmp_path / "a.parquet", rows=rows[:2])
     cache = tmp_path / "cache"
     assert load_rlhf_v(path, cache_dir=cache)["idx"] == [0, 1]
-    write_rlhf_v_parquet(path, rows=rows[2:])  # overwrite: the old rows must not be served
+    _write_fixture(path, rows=rows[2:])  # overwrite: the old rows must not be served
     assert load_rlhf_v(path, cache_dir=cache)["idx"] == [2, 3]
     bad = [dict(rows[0]), dict(rows[1], text="not json")]
-    write_rlhf_v_parquet(path, rows=bad)  # a newly bad row is caught, not hidden by the cache
+    _write_fixture(path, rows=bad)  # a newly bad row is caught, not hidden by the cache
     with pytest.raises(BadRowError, match="row 1"):
         load_rlhf_v(path, cache_dir=cache)
 
 
 def test_no_temporary_directory_outlives_the_process(tmp_path):
-    path = write_rlhf_v_parquet(tmp_path / "a.parquet", n=2)
+    path = _write_fixture(tmp_path / "a.parquet", n=2)
     tmp = tmp_path / "tmp"
     tmp.mkdir()
     code = (
@@ -64,7 +69,7 @@ def test_unreadable_parquet_names_the_file(tmp_path, content):
 
 
 def test_truncated_parquet_names_the_file(tmp_path):
-    good = write_rlhf_v_parquet(tmp_path / "good.parquet", n=4)
+    good = _write_fixture(tmp_path / "good.parquet", n=4)
     data = good.read_bytes()
     path = tmp_path / "cut.parquet"
     path.write_bytes(data[: len(data) // 2])
@@ -74,7 +79,7 @@ def test_truncated_parquet_names_the_file(tmp_path):
 
 def test_all_rows_skipped_keeps_the_report(tmp_path):
     rows = [dict(r, text="not json") for r in make_rlhf_v_rows(2)]
-    path = write_rlhf_v_parquet(tmp_path / "bad.parquet", rows=rows)
+    path = _write_fixture(tmp_path / "bad.parquet", rows=rows)
     with pytest.raises(ValueError, match="no rows loaded") as exc:
         load_rlhf_v(path, on_bad_row="skip")
     message = str(exc.value)
@@ -82,7 +87,7 @@ def test_all_rows_skipped_keeps_the_report(tmp_path):
 
 
 def test_zero_row_file(tmp_path):
-    table = pq.read_table(write_rlhf_v_parquet(tmp_path / "one.parquet", n=1))
+    table = pq.read_table(_write_fixture(tmp_path / "one.parquet", n=1))
     path = tmp_path / "empty.parquet"
     pq.write_table(table.slice(0, 0), path)  # the schema, no rows
     with pytest.raises(ValueError, match=r"no rows loaded.*empty\.parquet.*hold no rows"):
@@ -90,7 +95,7 @@ def test_zero_row_file(tmp_path):
 
 
 def _with_idx(tmp_path, values):
-    path = write_rlhf_v_parquet(tmp_path / "ints.parquet", rows=make_rlhf_v_rows(len(values)))
+    path = _write_fixture(tmp_path / "ints.parquet", rows=make_rlhf_v_rows(len(values)))
     table = pq.read_table(path)
     table = table.set_column(table.schema.get_field_index("idx"), "idx", pa.array(values))
     out = tmp_path / "idx.parquet"
@@ -116,8 +121,8 @@ def test_null_idx_is_a_bad_row(tmp_path):
 
 def test_directories_and_globs(tmp_path):
     rows = make_rlhf_v_rows(3)
-    write_rlhf_v_parquet(tmp_path / "d" / "x-0.parquet", rows=rows[:1])
-    write_rlhf_v_parquet(tmp_path / "d" / "x-1.parquet", rows=rows[1:])
+    _write_fixture(tmp_path / "d" / "x-0.parquet", rows=rows[:1])
+    _write_fixture(tmp_path / "d" / "x-1.parquet", rows=rows[1:])
     (tmp_path / "d" / "notes.txt").write_text("not data")
     assert load_rlhf_v(tmp_path / "d")["idx"] == [0, 1, 2]
     assert load_rlhf_v(str(tmp_path / "d" / "x-1*.parquet"))["idx"] == [1, 2]
@@ -156,7 +161,7 @@ def test_unimm_chat_shares_the_file_checks(tmp_path):
 def test_cached_load_reports_the_same_skipped_rows(tmp_path):
     rows = make_rlhf_v_rows(3)
     rows[1] = dict(rows[1], text="not json")
-    path = write_rlhf_v_parquet(tmp_path / "a.parquet", rows=rows)
+    path = _write_fixture(tmp_path / "a.parquet", rows=rows)
     first, report = load_rlhf_v(path, on_bad_row="skip", cache_dir=tmp_path / "c", return_report=True)
     assert len(list((tmp_path / "c").rglob("hf_ext_bad_rows.json"))) == 1  # kept with the cache
     again, cached = load_rlhf_v(path, on_bad_row="skip", cache_dir=tmp_path / "c", return_report=True)

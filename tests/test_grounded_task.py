@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 from scipy import ndimage
 
+from dataset_builders.rlhf_v import write_rlhf_v_parquet
 from hf_ext.benchmarks.grounded import (
     COLOURS,
     POSITIONS,
@@ -19,9 +20,12 @@ from hf_ext.benchmarks.grounded import (
     describe_scene,
     find_hallucinations,
     generate_samples,
+    is_grammatical,
+    layout_key,
+    layout_split,
     parse_mentions,
+    rlhf_v_row,
     task_corpus,
-    write_rlhf_v_parquet,
 )
 
 SCENE = Scene((ObjectGroup("circle", "red", 2, "left"), ObjectGroup("square", "blue", 1, "right")))
@@ -111,7 +115,7 @@ def test_find_hallucinations_kinds():
     assert kinds == [
         ("count", 1, 2),
         ("object", "green triangle", None),
-        ("attribute", "yellow", ["blue"]),
+        ("attribute", "yellow", "blue"),
         ("position", "left", "right"),
     ]
     assert find_hallucinations(describe_scene(SCENE), SCENE) == []
@@ -228,7 +232,8 @@ def test_write_rlhf_v_parquet_schema(tmp_path):
                 "correction": correct_response(bad, x.scene),
             }
         )
-    path = write_rlhf_v_parquet(recs, tmp_path / "pairs.parquet")
+    rows = [rlhf_v_row(r["idx"], r["image"], r["question"], r["correction"], r["scene"]) for r in recs]
+    path = write_rlhf_v_parquet(rows, tmp_path / "pairs.parquet")
     table = pq.read_table(path)
     assert table.column_names == ["ds_name", "image", "text", "origin_dataset", "origin_split", "idx", "image_path"]
     rows = table.to_pylist()
@@ -248,5 +253,112 @@ def test_bad_input_errors(tmp_path):
         GroundedTaskConfig(max_groups=4)
     with pytest.raises(ValueError, match="n must be"):
         generate_samples(-1)
-    with pytest.raises(ValueError, match="record 0 has no 'question'"):
+    with pytest.raises(ValueError, match=r"row 0 lacks column\(s\) \['ds_name'"):
         write_rlhf_v_parquet([{"idx": 0, "image": Image.new("RGB", (4, 4))}], tmp_path / "x.parquet")
+    row = rlhf_v_row(0, Image.new("RGB", (4, 4)), "q", correct_response("There is one red dot.", SCENE))
+    with pytest.raises(TypeError, match="row 0: `image` must be a PIL image"):
+        write_rlhf_v_parquet([{**row, "image": b"png"}], tmp_path / "x.parquet")
+    with pytest.raises(ValueError, match="cooccurrence must be in"):
+        GroundedTaskConfig(cooccurrence=1.5)
+    with pytest.raises(ValueError, match="layouts must be"):
+        GroundedTaskConfig(layouts="val")
+
+
+def test_correction_rewrites_while_a_true_object_is_unmentioned():
+    """A hallucinated object becomes the unmentioned true object (here in another column, so its position is fixed
+    too); deletion is only for when every true object is already mentioned (see the parametrised case above)."""
+    rejected = "There are two red circles on the left. There is one green triangle in the middle."
+    c = correct_response(rejected, SCENE)
+    assert c.chosen == "There are two red circles on the left. There is one blue square on the right."
+    assert [rejected[a:b] for a, b in c.rejected_segments] == ["green triangle", "in the middle"]
+    assert [c.chosen[a:b] for a, b in c.chosen_segments] == ["blue square", "on the right"]
+    assert len(c.rejected_segments) == len(c.chosen_segments)  # nothing deleted
+
+
+def test_hallucination_kinds_wrong_shape_is_an_attribute_of_a_real_object():
+    # a red square on the left where a red circle is: the shape of a real object is wrong (attribute), not an object
+    h = find_hallucinations("There are two red squares on the left.", SCENE)
+    assert [(x.kind, x.said, x.truth) for x in h] == [("attribute", "square", "circle")]
+    # a wrong colour of a real object
+    h = find_hallucinations("There is one green square on the right.", SCENE)
+    assert [(x.kind, x.said, x.truth) for x in h] == [("attribute", "green", "blue")]
+    # nothing in the middle column shares colour or shape: an object hallucination
+    h = find_hallucinations("There is one yellow triangle in the middle.", SCENE)
+    assert [x.kind for x in h] == ["object"]
+
+
+@pytest.mark.parametrize(
+    "text,ok",
+    [
+        ("There is one red circle on the left.", True),
+        ("There are two red circles on the left. There is one blue square on the right.", True),
+        ("There is two red circles on the left.", False),  # agreement
+        ("There are two red circle on the left.", False),  # number of the noun
+        ("There is one red circle on the left", False),  # no full stop
+        ("There is one red on the left.", False),  # no shape
+        ("There is one red circle on the left. There", False),  # cut off
+        ("", False),
+        ("There is one red circle on the left.  There is one blue square on the right.", False),
+    ],
+)
+def test_is_grammatical(text, ok):
+    assert is_grammatical(text) is ok
+
+
+def test_cooccurrence_sampler_statistics():
+    """P(partner | anchor) is `cooccurrence` (binomial tolerance), the partner sits right of its anchor, anchors
+    appear only in anchor scenes, and the test layouts never occur in the train part."""
+    from hf_ext.benchmarks.grounded import COOCCURRENCE_PAIRS, conflict_partner
+
+    pairs = dict(COOCCURRENCE_PAIRS)
+    cfg = GroundedTaskConfig(min_groups=2, max_groups=3, anchor_rate=0.5, cooccurrence=0.9, layouts="train")
+    samples = generate_samples(1500, seed=7, config=cfg)
+    n_anchor = n_partner = 0
+    for s in samples:
+        cats = s.scene.categories
+        anchors = [a for a in pairs if a in cats]
+        assert len(anchors) <= 1
+        assert 2 <= len(s.scene.groups) <= 3
+        for a in anchors:
+            n_anchor += 1
+            if pairs[a] in cats:
+                n_partner += 1
+                pa = POSITIONS.index(s.scene.by_category(a).position)
+                assert POSITIONS.index(s.scene.by_category(pairs[a]).position) == pa + 1
+            else:
+                assert conflict_partner(s.scene) == pairs[a]
+        assert layout_split(s.scene) == "train"
+    # anchor_rate 0.5 of scenes; partner with probability 0.9 (3 sd of a binomial)
+    assert abs(n_anchor / len(samples) - 0.5) < 3 * (0.25 / len(samples)) ** 0.5
+    p = n_partner / n_anchor
+    assert abs(p - 0.9) < 3 * (0.09 / n_anchor) ** 0.5
+    test = generate_samples(300, seed=8, config=GroundedTaskConfig(min_groups=2, anchor_rate=0.5, layouts="test"))
+    assert all(layout_split(s.scene) == "test" for s in test)
+    assert not {layout_key(s.scene) for s in test} & {layout_key(s.scene) for s in samples}
+    assert all(conflict_partner(s.scene) is not None for s in test if set(s.scene.categories) & set(pairs))
+
+
+@pytest.mark.parametrize("slot", ["empty", "near"])
+def test_conflict_slot(slot):
+    """Conflict scenes put the anchor in the left or middle column; the column right of it is empty or holds a
+    coloured shape sharing exactly one of colour / shape with the absent partner."""
+    from hf_ext.benchmarks.grounded import conflict_partner
+
+    cfg = GroundedTaskConfig(min_groups=2, anchor_rate=1.0, cooccurrence=0.0, conflict_slot=slot)
+    for s in generate_samples(200, seed=9, config=cfg):
+        partner = conflict_partner(s.scene)
+        assert partner is not None
+        anchor = next(g for g in s.scene.groups if g.category not in {partner} and g.category in _ANCHORS)
+        col = POSITIONS.index(anchor.position)
+        assert col < 2
+        nxt = next((g for g in s.scene.groups if g.position == POSITIONS[col + 1]), None)
+        if slot == "empty":
+            assert nxt is None
+        else:
+            p_colour, p_shape = partner.split()
+            assert nxt is not None and (nxt.colour == p_colour) != (nxt.shape == p_shape)
+    with pytest.raises(ValueError, match="conflict_slot must be"):
+        GroundedTaskConfig(conflict_slot="full")
+
+
+_ANCHORS = {"red circle", "green triangle", "yellow square"}

@@ -371,10 +371,9 @@ def _strip_image_paths(value):
 
 
 def _rlhf_v_dataset(tmp_path):
-    from dataset_builders.rlhf_v import load_rlhf_v
-    from dataset_builders.rlhf_v.fixtures import write_rlhf_v_parquet
+    from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
 
-    return load_rlhf_v(write_rlhf_v_parquet(tmp_path / "rlhf_v.parquet"))
+    return load_rlhf_v(write_rlhf_v_parquet(make_rlhf_v_rows(), tmp_path / "rlhf_v.parquet"))
 
 
 def _semeval2014_dataset(tmp_path):

@@ -15,7 +15,7 @@ from dataset_builders.rlhf_v.rlhf_v import REQUIRED_COLUMNS
 
 
 def test_fixture_has_exact_hub_schema(tmp_path):
-    path = write_rlhf_v_parquet(tmp_path / "a.parquet", n=3)
+    path = write_rlhf_v_parquet(make_rlhf_v_rows(n=3), tmp_path / "a.parquet")
     schema = pq.read_schema(path)
     assert schema.names == list(REQUIRED_COLUMNS)
     assert str(schema.field("idx").type) == "int64"
@@ -30,8 +30,8 @@ def test_fixture_has_exact_hub_schema(tmp_path):
 
 def test_conversion(tmp_path):
     rows = make_rlhf_v_rows(n=5, seed=3)
-    a = write_rlhf_v_parquet(tmp_path / "a.parquet", rows=rows[:3])
-    b = write_rlhf_v_parquet(tmp_path / "b.parquet", rows=rows[3:])
+    a = write_rlhf_v_parquet(rows[:3], tmp_path / "a.parquet")
+    b = write_rlhf_v_parquet(rows[3:], tmp_path / "b.parquet")
     ds = load_rlhf_v([a, b])
     assert len(ds) == 5
     assert ds.column_names == ["prompt", "chosen", "rejected", "images", "idx", "origin_dataset"]
@@ -62,14 +62,14 @@ def _bad_rows():
 def test_bad_row_raises(tmp_path, bad_index, reason):
     rows = _bad_rows()
     good = [r for i, r in enumerate(rows) if i in (0, 6)]
-    path = write_rlhf_v_parquet(tmp_path / "bad.parquet", rows=[good[0], rows[bad_index], good[1]])
+    path = write_rlhf_v_parquet([good[0], rows[bad_index], good[1]], tmp_path / "bad.parquet")
     with pytest.raises(BadRowError, match=rf"bad.parquet: row 1 \(idx={rows[bad_index]['idx']}\).*{reason}"):
         load_rlhf_v(path)
 
 
 def test_bad_rows_skipped_and_reported(tmp_path):
     rows = _bad_rows()
-    path = write_rlhf_v_parquet(tmp_path / "bad.parquet", rows=rows)
+    path = write_rlhf_v_parquet(rows, tmp_path / "bad.parquet")
     ds, report = load_rlhf_v(path, on_bad_row="skip", return_report=True)
     assert list(ds["idx"]) == [rows[0]["idx"], rows[6]["idx"]]
     assert len(report) == 5 and report.idxs == [rows[i]["idx"] for i in range(1, 6)]
@@ -79,7 +79,7 @@ def test_bad_rows_skipped_and_reported(tmp_path):
 def test_missing_file_and_column(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         load_rlhf_v(tmp_path / "nope.parquet")
-    table = pq.read_table(write_rlhf_v_parquet(tmp_path / "a.parquet", n=2)).drop_columns(["text"])
+    table = pq.read_table(write_rlhf_v_parquet(make_rlhf_v_rows(n=2), tmp_path / "a.parquet")).drop_columns(["text"])
     pq.write_table(table, tmp_path / "b.parquet")
     with pytest.raises(ValueError, match=r"missing column\(s\) \['text'\]"):
         load_rlhf_v(tmp_path / "b.parquet")
@@ -100,7 +100,7 @@ def test_segments_passed_through_on_request(tmp_path):
     rejected0 = [[0, len(first["rejected"])]]  # the whole rejected answer
     rows[0] = _with_text(rows[0], chosen_segments=chosen0, rejected_segments=rejected0)
     rows[1] = _with_text(rows[1], chosen_segments=[], rejected_segments=[[0, 5]])  # row 2 carries none
-    path = write_rlhf_v_parquet(tmp_path / "s.parquet", rows=rows)
+    path = write_rlhf_v_parquet(rows, tmp_path / "s.parquet")
     plain = load_rlhf_v(path)
     assert plain.column_names == ["prompt", "chosen", "rejected", "images", "idx", "origin_dataset"]
     ds = load_rlhf_v(path, with_segments=True)
@@ -115,7 +115,7 @@ def test_segments_passed_through_on_request(tmp_path):
 def test_bad_segments_are_bad_rows(tmp_path, spans):
     rows = make_rlhf_v_rows(n=3, seed=4)
     rows[1] = _with_text(rows[1], rejected_segments=spans)
-    path = write_rlhf_v_parquet(tmp_path / "s.parquet", rows=rows)
+    path = write_rlhf_v_parquet(rows, tmp_path / "s.parquet")
     assert len(load_rlhf_v(path)) == 3  # spans are not read unless asked for
     with pytest.raises(BadRowError, match=r"row 1 \(idx=1\).*`rejected_segments` must be a list of \[start, end\]"):
         load_rlhf_v(path, with_segments=True)

@@ -1,6 +1,6 @@
-"""Small parquet files in the exact schema of the Hub's ``openbmb/RLHF-V-Dataset``, with real PNG images.
+"""Rows for small parquet files in the exact schema of the Hub's ``openbmb/RLHF-V-Dataset``, with real PNG images.
 
-Used by the tests and the demo (the real dataset is ~0.9 GB, CC BY-NC 4.0, and not reachable offline). Each row is a
+Written with :func:`dataset_builders.rlhf_v.write_rlhf_v_parquet` (the one RLHF-V writer); used by the tests (the real dataset is ~0.9 GB, CC BY-NC 4.0, and not reachable offline). Each row is a
 synthetic scene of coloured shapes drawn with PIL; the question asks for a description, the rejected answer
 hallucinates one detail (a colour, a count or a position) and the chosen answer is the human-style correction of
 that segment, as in RLHF-V's segment-level corrections.
@@ -11,32 +11,14 @@ from __future__ import annotations
 import io
 import json
 import random
-from pathlib import Path
 
-__all__ = ["make_rlhf_v_rows", "rlhf_v_features", "write_rlhf_v_parquet"]
+__all__ = ["make_rlhf_v_rows"]
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (230, 210, 40)}
 SHAPES = ("circle", "square", "triangle")
 POSITIONS = ("left", "right", "top", "bottom")
 NUMBERS = {1: "one", 2: "two", 3: "three"}
 QUESTIONS = ("describe the image in detail .", "what is in the image ?")
-
-
-def rlhf_v_features():
-    """The ``datasets.Features`` of ``openbmb/RLHF-V-Dataset`` (from its dataset card)."""
-    from datasets import Features, Image, Value
-
-    return Features(
-        {
-            "ds_name": Value("string"),
-            "image": Image(),
-            "text": Value("string"),
-            "origin_dataset": Value("string"),
-            "origin_split": Value("string"),
-            "idx": Value("int64"),
-            "image_path": Value("string"),
-        }
-    )
 
 
 def _draw(shape: str, color: str, count: int, position: str, size: int) -> bytes:
@@ -103,16 +85,3 @@ def make_rlhf_v_rows(n: int = 8, image_size: int = 32, seed: int = 0, start_idx:
             }
         )
     return rows
-
-
-def write_rlhf_v_parquet(
-    path: str | Path, n: int = 8, image_size: int = 32, seed: int = 0, rows: list[dict] | None = None
-) -> Path:
-    """Write ``rows`` (default: :func:`make_rlhf_v_rows`) as a parquet file with the Hub dataset's features."""
-    from datasets import Dataset
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    rows = rows if rows is not None else make_rlhf_v_rows(n=n, image_size=image_size, seed=seed)
-    Dataset.from_list(rows, features=rlhf_v_features()).to_parquet(str(path))
-    return path

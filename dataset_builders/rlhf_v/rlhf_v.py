@@ -15,22 +15,34 @@ any processor. The dataset is CC BY-NC 4.0 (research use only).
 With ``with_segments=True`` the rows also carry ``chosen_segments`` / ``rejected_segments``: the corrected character
 spans ``[[start, end], ...]`` (end exclusive) of the chosen / rejected text, read from the same keys of the ``text``
 JSON (``None`` where a row's JSON has none: ``DenseDPOTrainer`` then uses the token diff for that pair). The Hub
-dataset carries no spans; files written by :func:`hf_ext.benchmarks.grounded.write_rlhf_v_parquet` do.
+dataset carries no spans; rows made by :func:`hf_ext.benchmarks.grounded.rlhf_v_row` do.
+
+:func:`write_rlhf_v_parquet` is the one writer of files in this schema (fixtures, the hallucination study).
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import datasets
 
 from .._common import BadRowReport, LocalParquetBuilder, LocalParquetConfig, OnBadRow, check_image, load_local_parquet
 
-__all__ = ["RLHFV", "RLHFVConfig", "load_rlhf_v", "REQUIRED_COLUMNS", "SEGMENT_COLUMNS"]
+__all__ = [
+    "RLHFV",
+    "RLHFVConfig",
+    "load_rlhf_v",
+    "REQUIRED_COLUMNS",
+    "SEGMENT_COLUMNS",
+    "rlhf_v_features",
+    "write_rlhf_v_parquet",
+]
 
 REQUIRED_COLUMNS = ("ds_name", "image", "text", "origin_dataset", "origin_split", "idx", "image_path")
 SEGMENT_COLUMNS = ("chosen_segments", "rejected_segments")
@@ -162,3 +174,70 @@ def load_rlhf_v(
     # `with_segments` only when set: the default keeps the config id (the cache folder) of plain RLHF-V loads
     extra = {"with_segments": True} if with_segments else {}
     return load_local_parquet(RLHFV, data_files, on_bad_row, cache_dir, return_report, tmp_prefix="rlhf_v_", **extra)
+
+
+def rlhf_v_features() -> datasets.Features:
+    """The ``datasets.Features`` of ``openbmb/RLHF-V-Dataset`` (from its dataset card), in column order."""
+    return datasets.Features(
+        {
+            "ds_name": datasets.Value("string"),
+            "image": datasets.Image(),
+            "text": datasets.Value("string"),
+            "origin_dataset": datasets.Value("string"),
+            "origin_split": datasets.Value("string"),
+            "idx": datasets.Value("int64"),
+            "image_path": datasets.Value("string"),
+        }
+    )
+
+
+def _image_cell(image: Any, path: str, n: int) -> dict[str, Any]:
+    if isinstance(image, dict) and "bytes" in image:
+        return {"bytes": image["bytes"], "path": image.get("path", path)}
+    if hasattr(image, "save"):  # a PIL image: stored as PNG bytes, as the Hub dataset stores its images
+        buf = io.BytesIO()
+        image.save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": path}
+    raise TypeError(
+        f"write_rlhf_v_parquet: row {n}: `image` must be a PIL image or {{'bytes', 'path'}}, got {type(image)}."
+    )
+
+
+def write_rlhf_v_parquet(rows: Iterable[dict[str, Any]], path: str | os.PathLike) -> Path:
+    """Write rows in the schema of the Hub's ``openbmb/RLHF-V-Dataset`` as one parquet file, atomically.
+
+    Args:
+        rows (`Iterable[dict]`): each with the columns of [`REQUIRED_COLUMNS`]. ``image`` may be a PIL image (stored
+            as PNG) or ``{"bytes", "path"}``; ``text`` and ``origin_split`` may be dicts (JSON-encoded here) or JSON
+            strings. ``text`` holds ``question``, ``chosen`` and ``rejected`` (and may hold ``chosen_segments`` /
+            ``rejected_segments``, read back with ``load_rlhf_v(..., with_segments=True)``); its content is written
+            as given (``load_rlhf_v`` validates rows when it reads them).
+        path (`str` or `os.PathLike`): the parquet file to write (parent folders are created).
+
+    Returns:
+        `Path`: ``path``.
+    """
+    from hf_ext.utils.io import atomic_write
+
+    table: dict[str, list] = {k: [] for k in REQUIRED_COLUMNS}
+    for n, row in enumerate(rows):
+        missing = [k for k in REQUIRED_COLUMNS if k not in row]
+        if missing:
+            raise ValueError(
+                f"write_rlhf_v_parquet: row {n} lacks column(s) {missing}; the schema is {REQUIRED_COLUMNS}."
+            )
+        text = row["text"]
+        meta = row["origin_split"]
+        table["ds_name"].append(row["ds_name"])
+        table["image"].append(_image_cell(row["image"], row["image_path"], n))
+        table["text"].append(text if isinstance(text, str) else json.dumps(text))
+        table["origin_dataset"].append(row["origin_dataset"])
+        table["origin_split"].append(meta if isinstance(meta, str) else json.dumps(meta))
+        table["idx"].append(int(row["idx"]))
+        table["image_path"].append(row["image_path"])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds = datasets.Dataset.from_dict(table, features=rlhf_v_features())
+    with atomic_write(path, "wb") as f:
+        ds.to_parquet(f)
+    return path

@@ -362,7 +362,7 @@ class AnnotationStore:
         # the builder's writer (the Hub dataset's features) into a temporary file, fsync'd and renamed over `path`
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         try:
-            write_rlhf_v_parquet(tmp, rows=rows)
+            write_rlhf_v_parquet(rows, tmp)
             fd = os.open(tmp, os.O_RDONLY)
             try:
                 os.fsync(fd)

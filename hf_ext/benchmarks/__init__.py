@@ -10,7 +10,7 @@ from .grounded import (
     find_hallucinations,
     generate_samples,
     parse_mentions,
-    write_rlhf_v_parquet,
+    rlhf_v_row,
 )
 
 __all__ = [
@@ -23,5 +23,5 @@ __all__ = [
     "find_hallucinations",
     "generate_samples",
     "parse_mentions",
-    "write_rlhf_v_parquet",
+    "rlhf_v_row",
 ]

@@ -15,27 +15,28 @@ On top of the generator this module provides what RLHF-V's annotators did by han
   the categories of RLHF-V's correction statistics);
 * :func:`correct_response` rewrites the hallucinated segments one by one, giving a ``(rejected, chosen)`` pair and
   the corrected character spans on both sides (``rejected_segments`` / ``chosen_segments``);
-* :func:`write_rlhf_v_parquet` stores pairs in the schema of the Hub's ``openbmb/RLHF-V-Dataset`` so that
-  ``dataset_builders.rlhf_v.load_rlhf_v`` reads them.
+* :func:`rlhf_v_row` turns a pair into a row of the Hub's ``openbmb/RLHF-V-Dataset`` schema for
+  ``dataset_builders.rlhf_v.write_rlhf_v_parquet`` (the one RLHF-V writer; ``load_rlhf_v`` reads the files);
+* :func:`is_grammatical` checks that a sampled response is made of the task's sentences (ungrammatical samples are
+  dropped, and counted, before correction).
 
 Correction policy (a reconstruction: the paper describes annotators who "correct the hallucinated segments" and
 reports the error types, not an algorithm): a mention of a coloured shape that is in the image keeps its noun
-phrase and gets its count and position fixed; a mention of a coloured shape that is not in the image is replaced
-by an object of the image that the response does not mention (preferring the same position, then the same shape,
-then the same colour), or deleted when no such object is left and the response still mentions something true.
+phrase and gets its count and position fixed; a mention of a coloured shape that is not in the image is *rewritten*
+into an object of the image that the response does not mention (preferring the same position, then the same shape,
+then the same colour, then any), and deleted only when nothing true is left to say (every object of the image is
+already mentioned).
 Objects the response omits are not added (``add_missing=True`` adds them): RLHF-V corrects hallucinations, it does
 not complete answers.
 """
 
 from __future__ import annotations
 
-import io
-import json
+import hashlib
 import random
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
 from PIL import Image, ImageDraw
@@ -61,7 +62,12 @@ __all__ = [
     "parse_mentions",
     "render_scene",
     "task_corpus",
-    "write_rlhf_v_parquet",
+    "rlhf_v_row",
+    "is_grammatical",
+    "layout_key",
+    "layout_split",
+    "conflict_partner",
+    "COOCCURRENCE_PAIRS",
 ]
 
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -105,6 +111,12 @@ _NUMBER_WORDS: dict[str, int] = {
     "six": 6,
     "several": 2,
 }
+# Co-occurrence pairs (anchor, partner) of the biased task: see `GroundedTaskConfig.cooccurrence`.
+COOCCURRENCE_PAIRS: tuple[tuple[str, str], ...] = (
+    ("red circle", "blue square"),
+    ("green triangle", "yellow circle"),
+    ("yellow square", "red triangle"),
+)
 _POSITION_WORDS: dict[str, str] = {"left": "left", "middle": "middle", "center": "middle", "centre": "middle"}
 _POSITION_WORDS["right"] = "right"
 _WORD_RE = re.compile(r"[A-Za-z]+|\d+")
@@ -167,6 +179,20 @@ class GroundedTaskConfig:
         jitter (`int`, *optional*, defaults to 2): random offset in pixels of each object inside its cell.
         object_scale (`float`, *optional*, defaults to 0.4): half-extent of an object as a fraction of a cell
             (at most 0.4, so that neighbours never touch; the jitter shrinks to keep them apart).
+        anchor_rate (`float`, *optional*, defaults to 0.0): probability that a scene is built around the *anchor*
+            of one of [`COOCCURRENCE_PAIRS`]. Anchors appear in no other scene, so ``cooccurrence`` is exactly the
+            probability of the partner given the anchor.
+        cooccurrence (`float`, *optional*, defaults to 0.0): probability that an anchor scene also holds the
+            anchor's *partner*, in the column right of the anchor (the language prior: "after a red circle comes a
+            blue square"). High in SFT data, low in the preference pool and the test set.
+        layouts (`str`, *optional*): ``"train"`` or ``"test"`` keeps only scenes whose layout (the set of
+            (coloured shape, column) pairs) falls in that part of a fixed hash split (see [`layout_split`]);
+            ``None`` keeps every scene.
+        heldout_fraction (`float`, *optional*, defaults to 0.2): share of layouts reserved for ``"test"``.
+        conflict_slot (`str`, *optional*): in an anchor scene without its partner, what the partner's usual place
+            (the column right of the anchor, the anchor then in the left or middle column) holds: ``"empty"``
+            (nothing: the prior would fill it) or ``"near"`` (a coloured shape that shares the partner's colour or
+            its shape); ``None`` places the anchor anywhere and the other groups at random.
     """
 
     image_size: int = 48
@@ -176,8 +202,20 @@ class GroundedTaskConfig:
     background: tuple[int, int, int] = (128, 128, 128)
     jitter: int = 2
     object_scale: float = 0.4
+    anchor_rate: float = 0.0
+    cooccurrence: float = 0.0
+    layouts: str | None = None
+    heldout_fraction: float = 0.2
+    conflict_slot: str | None = None
 
     def __post_init__(self) -> None:
+        for name in ("anchor_rate", "cooccurrence", "heldout_fraction"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
+        if self.conflict_slot not in (None, "empty", "near"):
+            raise ValueError(f"conflict_slot must be None, 'empty' or 'near', got {self.conflict_slot!r}.")
+        if self.layouts not in (None, "train", "test"):
+            raise ValueError(f"layouts must be None, 'train' or 'test', got {self.layouts!r}.")
         if not 0.1 <= self.object_scale <= 0.4:
             raise ValueError(f"object_scale must be in [0.1, 0.4], got {self.object_scale}.")
         if self.image_size < 12:
@@ -209,16 +247,74 @@ def _rng(seed: int, idx: int, salt: str = "") -> random.Random:
 
 
 def generate_scene(rng: random.Random, config: GroundedTaskConfig | None = None) -> Scene:
-    """Draw a random scene: distinct columns and distinct coloured shapes."""
+    """Draw a random scene: distinct columns and distinct coloured shapes.
+
+    With ``config.anchor_rate > 0`` a share of the scenes is built around the anchor of a co-occurrence pair (its
+    partner in the next column with probability ``config.cooccurrence``); anchors appear in no other scene, and an
+    anchor scene holds no other anchor and no partner except its own.
+    """
     config = config or GroundedTaskConfig()
     n = rng.randint(config.min_groups, config.max_groups)
-    positions = sorted(rng.sample(range(len(POSITIONS)), n))
-    categories = rng.sample([(c, s) for c in COLOURS for s in SHAPES], n)
-    groups = tuple(
-        ObjectGroup(shape=s, colour=c, count=rng.randint(1, config.max_count), position=POSITIONS[p])
-        for p, (c, s) in zip(positions, categories)
-    )
-    return Scene(groups)
+    anchors = {a for a, _ in COOCCURRENCE_PAIRS}
+    partners = {b for _, b in COOCCURRENCE_PAIRS}
+    everything = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    if config.anchor_rate > 0 and rng.random() < config.anchor_rate:
+        anchor, partner = rng.choice(COOCCURRENCE_PAIRS)
+        fillers = [c for c in everything if c not in anchors and c not in partners]
+        with_partner = n >= 2 and rng.random() < config.cooccurrence
+        blocked: set[int] = set()
+        if with_partner:
+            col = rng.randrange(len(POSITIONS) - 1)
+            placed = {col: anchor, col + 1: partner}
+        elif config.conflict_slot is None:
+            placed = {rng.randrange(len(POSITIONS)): anchor}
+        else:
+            # the partner's usual place (the column right of the anchor) is empty or holds a near-partner
+            col = rng.randrange(len(POSITIONS) - 1)
+            placed = {col: anchor}
+            if config.conflict_slot == "empty":
+                blocked = {col + 1}
+            else:
+                p_colour, p_shape = partner.split()
+                near = [c for c in fillers if (c.split()[0] == p_colour) != (c.split()[1] == p_shape)]
+                placed[col + 1] = rng.choice(near)
+        free_cols = [c for c in range(len(POSITIONS)) if c not in placed and c not in blocked]
+        extra = rng.sample(free_cols, min(len(free_cols), max(0, n - len(placed))))
+        for c, cat in zip(extra, rng.sample([f for f in fillers if f not in placed.values()], len(extra))):
+            placed[c] = cat
+    else:
+        pool = [c for c in everything if c not in anchors]
+        cols = rng.sample(range(len(POSITIONS)), n)
+        placed = dict(zip(cols, rng.sample(pool, n)))
+    groups = []
+    for col in sorted(placed):
+        colour, shape = placed[col].split()
+        groups.append(
+            ObjectGroup(shape=shape, colour=colour, count=rng.randint(1, config.max_count), position=POSITIONS[col])
+        )
+    return Scene(tuple(groups))
+
+
+def layout_key(scene: Scene) -> str:
+    """The layout of a scene: its (coloured shape, column) pairs, counts ignored, e.g. ``"left:red circle|..."``."""
+    return "|".join(f"{g.position}:{g.category}" for g in scene.groups)
+
+
+def layout_split(scene: Scene, heldout_fraction: float = 0.2) -> str:
+    """``"test"`` for a fixed ``heldout_fraction`` of layouts (by a SHA-256 hash of [`layout_key`]), else
+    ``"train"``: SFT and test images drawn with ``layouts="train"`` / ``"test"`` never share a layout."""
+    h = int.from_bytes(hashlib.sha256(layout_key(scene).encode()).digest()[:8], "big") / 2**64
+    return "test" if h < heldout_fraction else "train"
+
+
+def conflict_partner(scene: Scene) -> str | None:
+    """The partner a language prior would add to ``scene``: the partner of an anchor the scene holds without it
+    (the image is then a *conflict image*), else ``None``."""
+    cats = set(scene.categories)
+    for anchor, partner in COOCCURRENCE_PAIRS:
+        if anchor in cats and partner not in cats:
+            return partner
+    return None
 
 
 def render_scene(scene: Scene, rng: random.Random, config: GroundedTaskConfig | None = None) -> Image.Image:
@@ -268,7 +364,8 @@ def generate_samples(n: int, seed: int = 0, config: GroundedTaskConfig | None = 
     Args:
         n (`int`): number of samples.
         seed (`int`, *optional*, defaults to 0): seed of the generator.
-        config ([`GroundedTaskConfig`], *optional*): generator parameters.
+        config ([`GroundedTaskConfig`], *optional*): generator parameters (with ``layouts`` set, scenes of the other
+            part of the layout split are redrawn from the same stream).
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}.")
@@ -277,6 +374,12 @@ def generate_samples(n: int, seed: int = 0, config: GroundedTaskConfig | None = 
     for i in range(n):
         rng = _rng(seed, i)
         scene = generate_scene(rng, config)
+        for _ in range(1000):
+            if config.layouts is None or layout_split(scene, config.heldout_fraction) == config.layouts:
+                break
+            scene = generate_scene(rng, config)
+        else:
+            raise ValueError(f"no {config.layouts!r} layout found in 1000 draws: raise heldout_fraction.")
         image = render_scene(scene, rng, config)
         out.append(GroundedSample(i, image, rng.choice(QUESTIONS), scene, describe_scene(scene)))
     return out
@@ -377,6 +480,23 @@ def parse_mentions(text: str) -> list[Mention]:
     return mentions
 
 
+_GRAMMAR_RE = re.compile(
+    r"There (?:is one (?P<c1>red|green|blue|yellow) (?P<s1>circle|square|triangle)"
+    r"|are (?:two|three) (?P<c2>red|green|blue|yellow) (?P<s2>circles|squares|triangles))"
+    r" (?:on the left|in the middle|on the right)\."
+)
+
+
+def is_grammatical(text: str) -> bool:
+    """Whether ``text`` is one or more sentences of the task's grammar (``There is one red circle on the left.``,
+    ``There are two ... circles ...``: number agreement, one space between sentences, no other words)."""
+    sentences = text.strip().split(" There ")
+    if not sentences[0]:
+        return False
+    sentences = [sentences[0]] + ["There " + x for x in sentences[1:]]
+    return all(_GRAMMAR_RE.fullmatch(x) is not None for x in sentences)
+
+
 # ------------------------------------------------------------------------------------- detection and correction
 
 
@@ -403,21 +523,38 @@ def _shape_only_match(m: Mention, scene: Scene) -> ObjectGroup | None:
     return cands[0] if cands else None
 
 
+def _misdescribed(m: Mention, scene: Scene) -> ObjectGroup | None:
+    """The real object a mention of an absent coloured shape misdescribes: one that differs from it in colour only
+    or in shape only, in the mentioned column when the mention has one (else anywhere)."""
+    if m.colour is None:
+        return None
+    cands = [g for g in scene.groups if (g.shape == m.shape) != (g.colour == m.colour)]
+    if m.position is not None:
+        cands = [g for g in cands if g.position == m.position]
+    # a wrong colour before a wrong shape
+    cands.sort(key=lambda g: g.shape != m.shape)
+    return cands[0] if cands else None
+
+
 def find_hallucinations(text_or_mentions: str | Sequence[Mention], scene: Scene) -> list[Hallucination]:
     """Every hallucinated field of every mention of a response, compared with ``scene``.
 
-    A mention of a coloured shape absent from the image is one ``object`` hallucination when no group of that shape
-    is in the image and an ``attribute`` hallucination (the colour) when one is; a present coloured shape with a
-    wrong count or column gives ``count`` / ``position`` hallucinations.
+    A mention of a coloured shape absent from the image is an ``attribute`` hallucination when it misdescribes a real
+    object (same shape and another colour, or same colour and another shape, in the mentioned column when one is
+    named; ``said`` / ``truth`` are the wrong and right colour or shape) and an ``object`` hallucination otherwise; a
+    present coloured shape with a wrong count or column gives ``count`` / ``position`` hallucinations.
     """
     mentions = parse_mentions(text_or_mentions) if isinstance(text_or_mentions, str) else list(text_or_mentions)
     out = []
     for m in mentions:
         g = scene.by_category(m.category) if m.category is not None else _shape_only_match(m, scene)
         if g is None:
-            same_shape = [x for x in scene.groups if x.shape == m.shape]
-            if same_shape and m.colour is not None:
-                out.append(Hallucination("attribute", m, m.colour, sorted({x.colour for x in same_shape})))
+            referent = _misdescribed(m, scene)
+            if referent is not None:
+                wrong = "colour" if referent.shape == m.shape else "shape"
+                said = m.colour if wrong == "colour" else m.shape
+                truth = referent.colour if wrong == "colour" else referent.shape
+                out.append(Hallucination("attribute", m, said, truth))
             else:
                 out.append(Hallucination("object", m, m.category or m.shape, None))
             continue
@@ -464,7 +601,8 @@ def _pick_replacement(m: Mention, free: list[ObjectGroup]) -> ObjectGroup | None
         for g in free:
             if pref(g):
                 return g
-    return None
+    # rewrite into any unmentioned object rather than delete (annotators rewrite while something true is left)
+    return free[0] if free else None
 
 
 def correct_response(text: str, scene: Scene, add_missing: bool = False) -> Correction:
@@ -490,20 +628,17 @@ def correct_response(text: str, scene: Scene, add_missing: bool = False) -> Corr
             matched[i] = _shape_only_match(m, scene)
     used = {g for g in matched if g is not None}
     free = [g for g in scene.groups if g not in used]
-    n_true = sum(g is not None for g in matched)
 
     edits: list[tuple[int, int, str]] = []  # (start, end, replacement) in `text`, one per segment
     for m, g in zip(mentions, matched):
         noun_edits: dict[str, str] = {}
         if g is None:
             g = _pick_replacement(m, free)
-            if g is None and n_true == 0 and free:
-                g = free[0]
             if g is None:
+                # nothing true left to say: only then is the hallucinated mention deleted
                 edits.append(_deletion_span(text, m, mentions))
                 continue
             free.remove(g)
-            n_true += 1
             if m.colour != g.colour:
                 noun_edits["colour"] = g.colour
             if m.shape != g.shape or m.plural != (g.count != 1):
@@ -593,77 +728,34 @@ def _deletion_span(text: str, m: Mention, mentions: Sequence[Mention]) -> tuple[
 # ---------------------------------------------------------------------------------------------------- storage
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def write_rlhf_v_parquet(
-    records: Iterable[dict[str, Any]],
-    path: str | Path,
+def rlhf_v_row(
+    idx: int,
+    image: Image.Image,
+    question: str,
+    correction: Correction,
+    scene: Scene | None = None,
     ds_name: str = "hf_ext_grounded_shapes",
-    origin_dataset: str = "hf_ext.benchmarks.grounded",
-) -> Path:
-    """Write preference pairs as a parquet file in the schema of the Hub's ``openbmb/RLHF-V-Dataset``.
+) -> dict[str, Any]:
+    """One preference pair as a row of the Hub's ``openbmb/RLHF-V-Dataset`` schema, for
+    ``dataset_builders.rlhf_v.write_rlhf_v_parquet`` (the one RLHF-V writer).
 
-    Columns: ``ds_name``, ``image`` (``{"bytes", "path"}``), ``text`` (a JSON string with ``question``,
-    ``chosen``, ``rejected``; here also ``chosen_segments`` / ``rejected_segments``, the corrected character spans,
-    which the real dataset lacks), ``origin_dataset``, ``origin_split`` (a JSON string with the scene and the
-    hallucination types), ``idx`` and ``image_path``. The file is written atomically.
-
-    Args:
-        records (`Iterable[dict]`): each with ``idx`` (`int`), ``image`` (PIL image), ``question``, and either a
-            [`Correction`] under ``correction`` or ``chosen`` / ``rejected`` strings (plus optional segments);
-            optional ``scene`` ([`Scene`]).
-        path (`str` or `Path`): the parquet file to write.
+    ``text`` carries ``question`` / ``chosen`` / ``rejected`` and, unlike the Hub dataset, the corrected character
+    spans ``chosen_segments`` / ``rejected_segments``; ``origin_split`` the scene and the hallucination types.
     """
-    import datasets
-
-    from hf_ext.utils.io import atomic_write
-
-    rows: dict[str, list] = {k: [] for k in ("ds_name", "image", "text", "origin_dataset", "origin_split", "idx")}
-    rows["image_path"] = []
-    for n, rec in enumerate(records):
-        for key in ("idx", "image", "question"):
-            if key not in rec:
-                raise ValueError(f"write_rlhf_v_parquet: record {n} has no {key!r} field.")
-        corr = rec.get("correction")
-        pair = corr.to_dict() if corr is not None else {k: rec[k] for k in ("chosen", "rejected") if k in rec}
-        if "chosen" not in pair or "rejected" not in pair:
-            raise ValueError(
-                f"write_rlhf_v_parquet: record {n} (idx={rec['idx']}) needs `correction` or chosen/rejected."
-            )
-        text = {"question": rec["question"], "chosen": pair["chosen"], "rejected": pair["rejected"]}
-        for key in ("chosen_segments", "rejected_segments"):
-            if key in pair or key in rec:
-                text[key] = [list(s) for s in pair.get(key, rec.get(key))]
-        meta: dict[str, Any] = {"split": "train"}
-        if rec.get("scene") is not None:
-            meta["scene"] = rec["scene"].to_dict()
-        if "hallucination_types" in pair:
-            meta["hallucination_types"] = pair["hallucination_types"]
-        image_path = f"{ds_name}/{int(rec['idx']):06d}.png"
-        rows["ds_name"].append(ds_name)
-        rows["image"].append({"bytes": _png_bytes(rec["image"]), "path": image_path})
-        rows["text"].append(json.dumps(text))
-        rows["origin_dataset"].append(origin_dataset)
-        rows["origin_split"].append(json.dumps(meta))
-        rows["idx"].append(int(rec["idx"]))
-        rows["image_path"].append(image_path)
-    features = datasets.Features(
-        {
-            "ds_name": datasets.Value("string"),
-            "image": datasets.Image(),
-            "text": datasets.Value("string"),
-            "origin_dataset": datasets.Value("string"),
-            "origin_split": datasets.Value("string"),
-            "idx": datasets.Value("int64"),
-            "image_path": datasets.Value("string"),
-        }
-    )
-    ds = datasets.Dataset.from_dict(rows, features=features)
-    path = Path(path)
-    with atomic_write(path, "wb") as f:
-        ds.to_parquet(f)
-    return path
+    pair = correction.to_dict()
+    text = {"question": question, "chosen": pair["chosen"], "rejected": pair["rejected"]}
+    text["chosen_segments"] = pair["chosen_segments"]
+    text["rejected_segments"] = pair["rejected_segments"]
+    meta: dict[str, Any] = {"split": "train", "hallucination_types": pair["hallucination_types"]}
+    if scene is not None:
+        meta["scene"] = scene.to_dict()
+    image_path = f"{ds_name}/{int(idx):06d}.png"
+    return {
+        "ds_name": ds_name,
+        "image": image,
+        "text": text,
+        "origin_dataset": "hf_ext.benchmarks.grounded",
+        "origin_split": meta,
+        "idx": int(idx),
+        "image_path": image_path,
+    }
