@@ -14,8 +14,7 @@ import pytest
 from dataset_builders._common import BadRowError
 from dataset_builders.chinese_poetry import load_chinese_poetry
 from dataset_builders.elv import load_semeval2010_task8
-from dataset_builders.rlhf_v import load_rlhf_v
-from dataset_builders.rlhf_v import make_rlhf_v_rows, write_rlhf_v_parquet
+from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
 from dataset_builders.unimm_chat import load_unimm_chat
 
 SEMEVAL_BLOCK = '{i}\t"The <e1>child</e1> was wrapped into the <e2>cradle</e2>."\nOther\nComment:\n\n'
@@ -26,10 +25,10 @@ POEM = {
 }
 
 
-
 def _write_fixture(path, n: int = 8, rows: list[dict] | None = None):
     """The builder's writer on `rows` (default: `n` fixture rows)."""
     return write_rlhf_v_parquet(rows if rows is not None else make_rlhf_v_rows(n=n), path)
+
 
 def test_cache_dir_is_rebuilt_when_the_file_changes(tmp_path):
     rows = make_rlhf_v_rows(4)
