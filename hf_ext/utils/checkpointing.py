@@ -174,9 +174,13 @@ class SafeCheckpointMixin:
         if self._hf_ext_staging is not None:  # push the folder once it has its final name
             self._hf_ext_deferred_push = True
             return
+        # Settle output_dir *before* the upload is scheduled: transformers uploads it in the background
+        # (run_as_future), and a file replaced or deleted while the job reads the folder makes that commit fail
+        # silently. The training_args.bin transformers copies in is never uploaded (PUSH_IGNORE_PATTERNS) and is
+        # removed by the next save of output_dir.
+        self._replace_pickled_args(self.args.output_dir)
         with _pickle_free_uploads():
             super()._push_from_checkpoint(checkpoint_folder)
-        self._replace_pickled_args(self.args.output_dir)
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         if resume_from_checkpoint is True:
@@ -219,6 +223,10 @@ class SafeCheckpointMixin:
             f.write("\n")
 
     def push_to_hub(self, *args: Any, **kwargs: Any):
+        # transformers saves the model over output_dir *before* waiting for a checkpoint push still uploading that
+        # folder in the background, so the in-flight upload can read half-replaced files and its commit is lost
+        # silently; wait for it first.
+        self._finish_current_push()
         with _pickle_free_uploads():
             return super().push_to_hub(*args, **kwargs)
 
