@@ -128,12 +128,14 @@ def n_params(model, trainable_only: bool = False) -> int:
 def bench_dpo(args, size: dict, dtype, device: str) -> dict:
     from trl import DPOConfig, DPOTrainer
 
-    from dataset_builders.rlhf_v import load_rlhf_v, write_rlhf_v_parquet
+    from dataset_builders.rlhf_v import load_rlhf_v, make_rlhf_v_rows, write_rlhf_v_parquet
     from hf_ext import DenseDPOConfig, DenseDPOTrainer
 
     batch, steps, warmup = args.batch, args.steps, args.warmup
     data_dir = tempfile.mkdtemp(prefix="gpu_bench_")
-    parquet = write_rlhf_v_parquet(os.path.join(data_dir, "d.parquet"), n=batch * 2, image_size=size["image"])
+    parquet = write_rlhf_v_parquet(
+        make_rlhf_v_rows(n=batch * 2, image_size=size["image"]), os.path.join(data_dir, "d.parquet")
+    )
     dataset = load_rlhf_v(parquet)
     common = dict(
         per_device_train_batch_size=batch,
