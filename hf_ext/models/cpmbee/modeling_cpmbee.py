@@ -715,17 +715,8 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
     ) -> dict[str, Any]:
         """Stock `generate()` support: the first call feeds the whole prompt with its structured arguments; each later
         step feeds the new token at the next position of the last cached token's segment, as an answer token."""
-        structured = (
-            "input_id_sub",
-            "position_ids",
-            "context",
-            "sample_ids",
-            "num_segments",
-            "segment_ids",
-            "segment_rel_offset",
-            "segment_rel",
-            "span",
-        )
+        from .tokenization_cpmbee import CPMBEE_STRUCTURED_INPUTS as structured
+
         model_inputs: dict[str, Any] = {
             "output_attentions": kwargs.get("output_attentions"),
             "output_hidden_states": kwargs.get("output_hidden_states"),

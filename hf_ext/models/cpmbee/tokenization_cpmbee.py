@@ -29,6 +29,20 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
+# The per-token / per-segment tensors the model takes besides `input_ids` (the tokenizer builds them, generation
+# carries them into the first step).
+CPMBEE_STRUCTURED_INPUTS = (
+    "input_id_sub",
+    "position_ids",
+    "context",
+    "sample_ids",
+    "num_segments",
+    "segment_ids",
+    "segment_rel_offset",
+    "segment_rel",
+    "span",
+)
+
 __all__ = ["CpmBeeTokenizer"]
 
 VOCAB_FILES_NAMES = {"vocab_file": "vocab.txt"}
@@ -559,22 +573,7 @@ class CpmBeeTokenizer(PreTrainedTokenizer):
             )
         max_len = max(len(r["input_ids"]) for r in rows)
         max_rel = max(len(r["segment_rel"]) for r in rows)
-        out: dict[str, list] = {
-            k: []
-            for k in (
-                "input_ids",
-                "input_id_sub",
-                "position_ids",
-                "context",
-                "sample_ids",
-                "num_segments",
-                "segment_ids",
-                "segment_rel_offset",
-                "segment_rel",
-                "span",
-                "attention_mask",
-            )
-        }
+        out: dict[str, list] = {k: [] for k in ("input_ids", *CPMBEE_STRUCTURED_INPUTS, "attention_mask")}
         for r in rows:
             n, pad = len(r["input_ids"]), max_len - len(r["input_ids"])
             out["input_ids"].append([self.pad_token_id] * pad + r["input_ids"])
