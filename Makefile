@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m hf_ext.demo
+	$(PY) -m benchmarks.hallucination.demo
 
 study: $(STAMP)
 	$(PY) benchmarks/hallucination_study.py --workers 2

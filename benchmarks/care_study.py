@@ -28,7 +28,7 @@ from datasets import Dataset
 from transformers import DataCollatorForLanguageModeling, GPT2Config, GPT2LMHeadModel, Trainer, TrainingArguments
 
 from hf_ext.metrics.diversity import distinct_n, self_bleu
-from hf_ext.testing_utils import tiny_bpe_tokenizer
+from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.care import CAREConfig, CARERegularizer, CARETrainer, enable_care_attention
 from hf_ext.utils.io import atomic_write
 

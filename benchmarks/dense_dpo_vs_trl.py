@@ -100,7 +100,7 @@ def build(task: str, args):
         from datasets import Dataset
         from transformers import GPT2Config, GPT2LMHeadModel
 
-        from hf_ext.testing_utils import tiny_bpe_tokenizer
+        from hf_ext.testing import tiny_bpe_tokenizer
 
         tok = tiny_bpe_tokenizer()
         torch.manual_seed(0)
@@ -124,7 +124,7 @@ def build(task: str, args):
 
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from hf_ext.demo import build_tiny_llava
+    from benchmarks.hallucination.demo import build_tiny_llava
 
     tiny, processor = build_tiny_llava(image_size=args.image_size, patch_size=args.patch_size, hidden_size=h)
     heads = max(2, h // 64)

@@ -44,7 +44,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
-from hf_ext.trainers.elv import ELVConfig, ELVModel, ELVTrainer, tiny_elv_model  # noqa: E402
+from hf_ext.testing import tiny_elv_model  # noqa: E402
+from hf_ext.trainers.elv import ELVConfig, ELVModel, ELVTrainer
 
 LABELS = ["A", "B", "C"]
 GROUPS = ["warm", "cold", "dry"]

@@ -27,6 +27,8 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
+# the study package lives beside this script (benchmarks/hallucination/)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
@@ -41,7 +43,7 @@ _LISTS = {
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    from hf_ext.benchmarks.hallucination import StudyConfig
+    from benchmarks.hallucination.study import StudyConfig
 
     d = StudyConfig()
     p = argparse.ArgumentParser(
@@ -72,8 +74,8 @@ def plot(results, config, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from hf_ext.benchmarks.hallucination import primary_runs
-    from hf_ext.benchmarks.stats import paired_differences
+    from benchmarks.hallucination.stats import paired_differences
+    from benchmarks.hallucination.study import primary_runs
     from hf_ext.utils.io import atomic_write
 
     runs = primary_runs(results["runs"], config.num_pairs, config.beta)
@@ -106,7 +108,7 @@ def plot(results, config, path: Path) -> None:
 
 def report(results, config, out: Path) -> str:
     """The Markdown report: gates per seed, pair statistics, the primary table and the sweep tables."""
-    from hf_ext.benchmarks.hallucination import format_table, primary_runs
+    from benchmarks.hallucination.study import format_table, primary_runs
 
     lines = ["## Gates (validation split, per seed)", ""]
     lines += ["| seed | colour (shuffled) | shape (shuffled) | probe | prior rate (conflict images) | passed |"]
@@ -157,7 +159,7 @@ def main(argv=None) -> int:
     import torch
     from transformers.utils import logging as hf_logging
 
-    from hf_ext.benchmarks.hallucination import GateError, StudyConfig, run_study, save_results
+    from benchmarks.hallucination.study import GateError, StudyConfig, run_study, save_results
 
     datasets.disable_progress_bars()
     hf_logging.set_verbosity_error()

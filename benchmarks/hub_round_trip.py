@@ -51,7 +51,7 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
     from transformers.utils import logging as hf_logging
 
-    from hf_ext.hub.local_server import LocalHub
+    from hf_ext.testing import LocalHub
 
     hf_logging.set_verbosity_error()
     hf_logging.disable_progress_bar()

@@ -66,7 +66,7 @@ def build(preset: str, num_query: int, device: str, dtype: torch.dtype):
         MuffinProcessor,
     )
     from hf_ext.models.muffin.processing_muffin import DEFAULT_SYSTEM_PROMPT
-    from hf_ext.testing_utils import tiny_bpe_tokenizer
+    from hf_ext.testing import tiny_bpe_tokenizer
 
     p = PRESETS[preset]
     (lh, ll, lheads, lffn), (vh, vl, vheads, vffn) = p["llm"], p["vision"]

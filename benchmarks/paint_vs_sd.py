@@ -16,12 +16,7 @@ import time
 import torch
 
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
-from hf_ext.pipelines.viscpm_paint.testing import (
-    tiny_llm_text_encoder,
-    tiny_scheduler,
-    tiny_stable_diffusion_pipeline,
-    tiny_vae,
-)
+from hf_ext.testing import tiny_llm_text_encoder, tiny_scheduler, tiny_stable_diffusion_pipeline, tiny_vae
 
 
 def main() -> None:

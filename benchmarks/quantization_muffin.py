@@ -35,7 +35,8 @@ def main(argv=None) -> dict:
     from torchao.quantization import Int8WeightOnlyConfig
     from transformers import TorchAoConfig
 
-    from hf_ext.models.muffin import MuffinForConditionalGeneration, tiny_muffin
+    from hf_ext.models.muffin import MuffinForConditionalGeneration
+    from hf_ext.testing import tiny_muffin
 
     torch.manual_seed(0)
     model, _ = tiny_muffin(

@@ -29,7 +29,7 @@ from hf_ext.metrics.diversity import distinct_n, self_bleu
 from hf_ext.metrics.text_vae import evaluate_text_vae
 from hf_ext.models.della import DellaConfig, DellaForCausalLM
 from hf_ext.models.trace import TraceConfig, TraceForCausalLM
-from hf_ext.testing_utils import tiny_bpe_tokenizer
+from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.text_vae import DataCollatorForTextVAE, TextVAEConfig, TextVAETrainer
 from hf_ext.utils.io import atomic_write
 

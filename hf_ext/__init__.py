@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_SUBMODULES = ("benchmarks", "hub", "metrics", "models", "pipelines", "trainers", "utils")
+_SUBMODULES = ("hub", "metrics", "models", "pipelines", "testing", "trainers", "utils")
 
 
 _registration_pending = False

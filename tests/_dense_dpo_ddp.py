@@ -1,4 +1,4 @@
-"""Run by tests/test_dense_dpo.py::test_two_process_run under `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2`."""
+"""Run by tests/trainers/dense_dpo/test_dense_dpo.py::test_two_process_run under `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2`."""
 
 import sys
 

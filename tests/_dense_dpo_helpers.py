@@ -9,7 +9,7 @@ import torch
 from datasets import Dataset
 from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
 
-from hf_ext.testing_utils import tiny_bpe_tokenizer
+from hf_ext.testing import tiny_bpe_tokenizer
 
 TEXT_ROWS = [
     ("describe the image .", "a red circle is on the left .", "a blue circle is on the left ."),

@@ -1,4 +1,4 @@
-"""Run by tests/test_scale.py under `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2` with the environment of
+"""Run by tests/utils/test_scale.py under `ACCELERATE_USE_CPU=1 torchrun --nproc_per_node 2` with the environment of
 `examples/accelerate_configs/fsdp2.yaml` (FSDP2 on gloo), and once without torchrun as the 1-process baseline.
 
     python _muffin_fsdp.py {sft,dpo} OUT_DIR [--rows N]
@@ -17,7 +17,7 @@ from _fsdp_cpu import allow_fsdp_on_cpu
 from datasets import Dataset
 from PIL import Image
 
-from hf_ext.models.muffin import tiny_muffin
+from hf_ext.testing import tiny_muffin
 from hf_ext.utils.fsdp import FSDP2FusedLMHeadCallback
 
 COLORS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "black": (0, 0, 0)}

@@ -1,7 +1,7 @@
 """Test-wide settings: a local Hub, private HF_HOME, deterministic torch, fp32 on the CPU.
 
 ``huggingface_hub``, ``transformers`` and ``datasets`` read ``HF_ENDPOINT`` once, at import. So the local
-Hub-protocol server (:class:`hf_ext.hub.local_server.LocalHub`) is started here, before any of them is imported,
+Hub-protocol server (:class:`hf_ext.testing.local_hub.LocalHub`) is started here, before any of them is imported,
 and every test process talks to it instead of the real Hub: nothing can reach the network, an accidental
 ``from_pretrained("gpt2")`` fails fast with ``RepositoryNotFoundError``, and the Hub tests exercise the real,
 unpatched client. The ``local_hub`` fixture hands the server to tests and stops it at the end of the session.
@@ -31,7 +31,7 @@ os.environ.update(
     }
 )
 
-from hf_ext.hub.local_server import LocalHub  # noqa: E402
+from hf_ext.testing import LocalHub  # noqa: E402
 
 _LOCAL_HUB = LocalHub(port=_PORT).start()
 assert _LOCAL_HUB.env()["HF_ENDPOINT"] == os.environ["HF_ENDPOINT"]

@@ -47,7 +47,7 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
 
 # ---------------------------------------------------------------------------------------------- stand-ins
 def _tiny_muffin_dir(path: Path) -> None:
-    from hf_ext.models.muffin import tiny_muffin
+    from hf_ext.testing import tiny_muffin
 
     model, processor = tiny_muffin()
     model.save_pretrained(path)
@@ -55,7 +55,7 @@ def _tiny_muffin_dir(path: Path) -> None:
 
 
 def _tiny_muffin_repo(repo_id: str) -> None:
-    from hf_ext.models.muffin import tiny_muffin
+    from hf_ext.testing import tiny_muffin
 
     model, processor = tiny_muffin()
     model.push_to_hub(repo_id)

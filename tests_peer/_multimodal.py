@@ -3,7 +3,7 @@
 import torch
 from tests.test_modeling_common import floats_tensor, ids_tensor
 
-from hf_ext.models.muffin import tiny_muffin_config, tiny_muffin_tokenizer
+from hf_ext.testing import tiny_muffin_config, tiny_muffin_tokenizer
 
 
 class MuffinModelTester:

@@ -33,7 +33,7 @@ def provide_pipeline_checkpoints(config, model_classes) -> None:
     """
     import tests.test_pipeline_mixin as pipeline_mixin
 
-    from hf_ext.testing_utils import tiny_bpe_tokenizer
+    from hf_ext.testing import tiny_bpe_tokenizer
 
     tokenizer = tiny_bpe_tokenizer()
     config.vocab_size = max(config.vocab_size, len(tokenizer))

@@ -71,7 +71,7 @@ class CpmBeeModelTester:
         """The generation checks extend `input_ids` and `attention_mask` only (an argmax loop over full forward
         passes): they run CPM-Bee as the plain causal LM its defaults make of it. Structured-prompt generation
         (stock `generate` vs an uncached greedy loop that extends every structured input) is tested in
-        `tests/test_cpmbee.py` (docs/conformance.md)."""
+        `tests/models/cpmbee/test_cpmbee.py` (docs/conformance.md)."""
         return {k: v for k, v in inputs.items() if k not in PER_TOKEN and k != "segment_rel"}
 
 

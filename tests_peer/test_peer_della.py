@@ -1,7 +1,7 @@
 """transformers' own ModelTesterMixin / ConfigTester / PipelineTesterMixin and the generation checks on DELLA.
 
 The tester fixes the layer latents, so every forward pass is deterministic (drawing them is tested in
-tests/test_della.py)."""
+tests/models/della/test_della.py)."""
 
 import unittest
 
@@ -48,7 +48,7 @@ class DellaModelTester:
         return config, {
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
-            # fixed layer latents: a deterministic decoder pass (drawing them is tested in tests/test_della.py)
+            # fixed layer latents: a deterministic decoder pass (drawing them is tested in tests/models/della/test_della.py)
             "latents": floats_tensor([self.batch_size, num_latents, self.latent_size]),
         }
 

@@ -70,7 +70,7 @@ class TraceModelTester:
             "input_ids": input_ids,
             "attention_mask": torch.ones_like(input_ids),
             # fixed segment latents: the decoder pass is deterministic (drawing them is the VAE's job, tested in
-            # tests/test_trace.py); the generic tests exercise the decoder with its latent fusion
+            # tests/models/trace/test_trace.py); the generic tests exercise the decoder with its latent fusion
             "latents": floats_tensor([self.batch_size, self.max_segments, self.latent_size]),
             # the segment of each position, as the model derives it from the tokens: needed when the text is given
             # as `inputs_embeds`

@@ -97,7 +97,7 @@ class VisCPMChatBeeModelTest(ModelTesterMixin, unittest.TestCase):
     # CPM-Bee's embedding is also its output projection with extension columns (see test_peer_cpmbee.py)
     test_resize_embeddings = False
     # VisCPM-Chat on CPM-Bee decodes with CPM-Bee's own beam search (`chat`, `cpmbee_beam_search`, tested against the
-    # original code in tests/test_viscpm_chat_bee.py): the image overwrites the prompt's span at prefill only, which
+    # original code in tests/models/viscpm_chat/test_viscpm_chat_bee.py): the image overwrites the prompt's span at prefill only, which
     # stock `generate` has no hook for (by design, docs/conformance.md)
     all_generative_model_classes = ()
     # `image_bound` spans are values that choose where the image is written: export would have to specialise them

@@ -20,7 +20,7 @@ What it does, leaving the checkout untouched:
 One offline shim, for SD only: diffusers' SD config loads `CLIPTokenizer.from_pretrained(
 "hf-internal-testing/tiny-random-clip")` from the Hub; without a network that call yields an empty tokenizer, so
 the shim (a pytest plugin written to the scratch folder) answers that one repo id with hf_ext's in-memory
-character-level `CLIPTokenizer` (`hf_ext.pipelines.viscpm_paint.testing.tiny_clip_tokenizer`, 77 tokens max, ids
+character-level `CLIPTokenizer` (`hf_ext.testing.diffusion.tiny_clip_tokenizer`, 77 tokens max, ids
 below the test text encoder's 1000-word vocabulary). Pass `--no_offline_shim` when the Hub is reachable.
 """
 
@@ -84,7 +84,7 @@ before any function-scoped fixture runs.
 def pytest_configure(config):
     from transformers import CLIPTokenizer
 
-    from hf_ext.pipelines.viscpm_paint.testing import tiny_clip_tokenizer
+    from hf_ext.testing import tiny_clip_tokenizer
 
     original = CLIPTokenizer.from_pretrained.__func__
 

@@ -2,7 +2,7 @@
 
 TRL's wheel ships no tests, and they load tiny models (``trl-internal-testing/tiny-*``) and datasets
 (``trl-internal-testing/zen``) from the Hub. This script needs no network: it starts a local Hub-protocol server
-(:class:`hf_ext.hub.local_server.LocalHub`), pushes **stand-ins** under the same repo ids (tiny random models built
+(:class:`hf_ext.testing.local_hub.LocalHub`), pushes **stand-ins** under the same repo ids (tiny random models built
 from configs of the same architectures, one byte-level BPE tokenizer with a ChatML template trained in memory, and
 small preference datasets written here in the ``zen`` schema), copies the user's TRL test file into a temporary
 directory (nothing of TRL's is stored in this repository) and runs it twice with ``pytest``:
@@ -208,7 +208,7 @@ def _free_port() -> int:
 
 
 def build_tokenizer():
-    from hf_ext.testing_utils import tiny_bpe_tokenizer
+    from hf_ext.testing import tiny_bpe_tokenizer
 
     corpus = [" ".join(p + c + r for p, c, r in ZEN_TRAIN + ZEN_TEST)] * 4
     corpus.append(CHATML_TEMPLATE)
@@ -305,7 +305,7 @@ def push_vision_models() -> None:
         LlavaProcessor,
     )
 
-    from hf_ext.testing_utils import tiny_bpe_tokenizer
+    from hf_ext.testing import tiny_bpe_tokenizer
 
     tok = tiny_bpe_tokenizer(
         texts=[" ".join(p + c + r for p, c, r in ZEN_TRAIN + ZEN_TEST)] * 4 + [VLM_TEMPLATE],
@@ -519,7 +519,7 @@ def main(argv=None) -> int:
     }
     os.environ.update(hub_env)  # before huggingface_hub / transformers / datasets are imported
     os.environ["HF_HOME"] = tempfile.mkdtemp(prefix="trl_suite_build_home_")
-    from hf_ext.hub.local_server import LocalHub
+    from hf_ext.testing import LocalHub
 
     workdir = Path(tempfile.mkdtemp(prefix="trl_dpo_suite_"))
     with LocalHub(port=port) as hub:

@@ -37,7 +37,7 @@ from diffusers import (
 import hf_ext
 from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeModel, CpmBeeTokenizer
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
-from hf_ext.pipelines.viscpm_paint.testing import tiny_llm_text_encoder
+from hf_ext.testing import tiny_llm_text_encoder
 
 from ...testing_utils import assert_tensors_close, torch_device
 from ..pipeline_params import TEXT_TO_IMAGE_BATCH_PARAMS, TEXT_TO_IMAGE_PARAMS

@@ -93,9 +93,10 @@ def peak_memory_gb(device: str) -> float | None:
 
 # ------------------------------------------------------------------------------------------------ models
 def build_muffin(size: dict, dtype: torch.dtype, device: str):
-    from hf_ext.models.muffin import MuffinForConditionalGeneration, tiny_muffin_config, tiny_muffin_tokenizer
+    from hf_ext.models.muffin import MuffinForConditionalGeneration
     from hf_ext.models.muffin.image_processing_muffin import MuffinImageProcessor
     from hf_ext.models.muffin.processing_muffin import MuffinProcessor
+    from hf_ext.testing import tiny_muffin_config, tiny_muffin_tokenizer
 
     tok = tiny_muffin_tokenizer()
     cfg = tiny_muffin_config(
@@ -242,11 +243,7 @@ def bench_paint(args, dtype, device: str) -> dict:
     from transformers import CLIPTextConfig, CLIPTextModel, LlamaConfig, LlamaForCausalLM
 
     from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
-    from hf_ext.pipelines.viscpm_paint.testing import (
-        tiny_clip_tokenizer,
-        tiny_llm_text_encoder,
-        tiny_scheduler,
-    )
+    from hf_ext.testing import tiny_clip_tokenizer, tiny_llm_text_encoder, tiny_scheduler
 
     tiny = args.dry_run
     px = 32 if tiny else 512

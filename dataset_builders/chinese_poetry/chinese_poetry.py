@@ -30,7 +30,7 @@ from typing import Any
 import datasets
 
 from dataset_builders._common import BadRowReport, OnBadRow, prepare_builder, raise_if_empty, resolve_data_files
-from hf_ext.models.jiuge.forms_jiuge import PUNCTUATION, classify_shi, is_hanzi, split_lines
+from hf_ext.utils.poetry_forms import PUNCTUATION, classify_shi, is_hanzi, split_lines
 
 logger = datasets.logging.get_logger(__name__)
 

@@ -15,7 +15,7 @@ any processor. The dataset is CC BY-NC 4.0 (research use only).
 With ``with_segments=True`` the rows also carry ``chosen_segments`` / ``rejected_segments``: the corrected character
 spans ``[[start, end], ...]`` (end exclusive) of the chosen / rejected text, read from the same keys of the ``text``
 JSON (``None`` where a row's JSON has none: ``DenseDPOTrainer`` then uses the token diff for that pair). The Hub
-dataset carries no spans; rows made by :func:`hf_ext.benchmarks.grounded.rlhf_v_row` do.
+dataset carries no spans; rows made by :func:`benchmarks.hallucination.grounded.rlhf_v_row` do.
 
 :func:`write_rlhf_v_parquet` is the one writer of files in this schema (fixtures, the hallucination study).
 """

@@ -31,7 +31,7 @@ def main(argv=None) -> str:
     from PIL import Image
 
     if args.tiny:
-        from hf_ext.models.muffin import tiny_muffin
+        from hf_ext.testing import tiny_muffin
 
         model, processor = tiny_muffin()
     else:

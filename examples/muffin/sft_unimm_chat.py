@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     from dataset_builders.unimm_chat import load_unimm_chat, write_unimm_chat_parquet
 
     if args.tiny:
-        from hf_ext.models.muffin import tiny_muffin
+        from hf_ext.testing import tiny_muffin
 
         model, processor = tiny_muffin()
         model.train()

@@ -29,7 +29,7 @@ from transformers import AutoTokenizer, HfArgumentParser
 
 from hf_ext.models.della import ORIGINAL_DELLA_FLAGS, DellaConfig, DellaForCausalLM
 from hf_ext.models.trace import TraceConfig, TraceForCausalLM
-from hf_ext.testing_utils import tiny_bpe_tokenizer
+from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.text_vae import TextVAEConfig, TextVAETrainer
 
 

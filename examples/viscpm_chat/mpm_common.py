@@ -38,7 +38,7 @@ def add_common_args(parser: argparse.ArgumentParser) -> None:
 
 def load_model_and_processor(args):
     if args.tiny:
-        from hf_ext.models.muffin import tiny_muffin
+        from hf_ext.testing import tiny_muffin
 
         return tiny_muffin(model_type="viscpm_chat", seed=args.seed)
     if args.model_name_or_path is None:

@@ -1,6 +1,6 @@
 """Opt-in integrity check of saved weights: a sha256 manifest written at save, verified at load.
 
-safetensors detects a damaged *header* (hf_ext turns that into :class:`~hf_ext.hub.safety.CorruptCheckpointError`),
+safetensors detects a damaged *header* (hf_ext turns that into :class:`~hf_ext.hub.safe_loading.CorruptCheckpointError`),
 but bytes changed inside the tensor data load silently. So every ``save_pretrained`` of a registered hf_ext model
 (and every checkpoint and final save of an hf_ext trainer, whatever the model) writes :data:`MANIFEST_NAME` next to
 the weights: the sha256 and size of each ``*.safetensors`` file. :func:`verify_weights` (or
@@ -24,8 +24,9 @@ from typing import Any
 
 from transformers.utils import logging
 
+from hf_ext.hub.safe_loading import CorruptCheckpointError
+
 from ..utils.io import atomic_write
-from .safety import CorruptCheckpointError
 
 __all__ = ["MANIFEST_NAME", "WeightsIntegrityError", "sha256_file", "verify_weights", "write_weights_manifest"]
 

@@ -8,7 +8,7 @@ objects an image holds:
 
 Objects are found with a synonym table that maps surface words to categories. Two tables ship: ``"coco"`` (the 80
 COCO categories with common synonyms and plurals, written for hf_ext: use it with COCO instance annotations) and
-``"shapes"`` (the coloured shapes of :mod:`hf_ext.benchmarks.grounded`, where a category is a colour + shape such
+``"shapes"`` (the coloured shapes of :mod:`benchmarks.hallucination.grounded`, where a category is a colour + shape such
 as ``"red circle"``). Any ``{category: [surface forms]}`` mapping works too.
 
 Matching follows the original CHAIR code: lower-case words, longest multi-word phrase first (so "hot dog" is not
@@ -259,7 +259,7 @@ _SHAPE_SURFACE = {
     "square": ["square", "box", "block"],
     "triangle": ["triangle"],
 }
-# The task vocabulary of hf_ext.benchmarks.grounded: a category is "<colour> <shape>".
+# The task vocabulary of benchmarks.hallucination.grounded: a category is "<colour> <shape>".
 SHAPES_SYNONYMS: dict[str, list[str]] = {
     f"{colour} {shape}": [f"{colour} {s}" for s in surfaces]
     for colour in ("red", "green", "blue", "yellow")

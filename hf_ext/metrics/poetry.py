@@ -30,7 +30,7 @@ import datasets
 import evaluate
 
 from hf_ext.metrics.diversity import distinct_n
-from hf_ext.models.jiuge.forms_jiuge import BUILTIN_FORMS, PUNCTUATION, PoemForm, is_hanzi, split_lines
+from hf_ext.utils.poetry_forms import BUILTIN_FORMS, PUNCTUATION, PoemForm, is_hanzi, split_lines
 
 __all__ = [
     "RHYME_GROUPS",

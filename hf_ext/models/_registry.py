@@ -32,10 +32,10 @@ def register_model(
     It also makes ``save_pretrained`` / ``push_to_hub`` of the model, processor and image processor classes ship
     their code and an ``auto_map`` (see :mod:`hf_ext.hub.remote_code`), so checkpoints load with
     ``trust_remote_code=True`` where hf_ext is not installed, and makes ``from_pretrained`` load only safetensors
-    unless the caller opts in with ``use_safetensors=False`` (see :mod:`hf_ext.hub.safety`).
+    unless the caller opts in with ``use_safetensors=False`` (see :mod:`hf_ext.hub.safe_loading`).
     """
     from ..hub.remote_code import enable_remote_code_export
-    from ..hub.safety import enable_clear_config_errors, enable_safe_loading
+    from ..hub.safe_loading import enable_clear_config_errors, enable_safe_loading
 
     if getattr(config_class, "model_type", None) != model_type:
         raise ValueError(

@@ -4,10 +4,7 @@ Importing this package registers ``model_type="jiuge"`` with ``AutoConfig``, ``A
 ``AutoModelForCausalLM`` and ``AutoTokenizer``.
 """
 
-from hf_ext.models._registry import register_model
-
-from .configuration_jiuge import JiugeConfig
-from .forms_jiuge import (
+from ...utils.poetry_forms import (
     BUILTIN_FORMS,
     PUNCTUATION,
     SENTENCE_END_PUNCTUATION,
@@ -18,6 +15,8 @@ from .forms_jiuge import (
     learn_ci_forms,
     split_lines,
 )
+from .._registry import register_model
+from .configuration_jiuge import JiugeConfig
 from .logits_process_jiuge import PoemFormLogitsProcessor
 from .modeling_jiuge import (
     JiugeCausalLMOutput,

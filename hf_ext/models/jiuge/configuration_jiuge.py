@@ -97,7 +97,7 @@ class JiugeConfig(GPT2Config):
 
         ``kwargs`` set any other field (``n_embd``, ``n_layer``, ``ci_forms``, weights, ...).
         """
-        from .forms_jiuge import PUNCTUATION, SENTENCE_END_PUNCTUATION
+        from ...utils.poetry_forms import PUNCTUATION, SENTENCE_END_PUNCTUATION
 
         line_end = "".join(m for m in PUNCTUATION if m not in SENTENCE_END_PUNCTUATION)
         ids = dict(

@@ -8,7 +8,7 @@ import torch
 from transformers import LogitsProcessor
 from transformers.utils import logging
 
-from .forms_jiuge import PUNCTUATION, PoemForm
+from ...utils.poetry_forms import PUNCTUATION, PoemForm
 
 logger = logging.get_logger(__name__)
 

@@ -22,8 +22,8 @@ from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 
+from ...utils.poetry_forms import BUILTIN_FORMS, PoemForm
 from .configuration_jiuge import JiugeConfig
-from .forms_jiuge import BUILTIN_FORMS, PoemForm
 from .logits_process_jiuge import PoemFormLogitsProcessor
 from .tokenization_jiuge import format_sample
 

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from transformers import PreTrainedTokenizerFast
 from transformers.utils import logging
 
-from .forms_jiuge import PUNCTUATION
+from ...utils.poetry_forms import PUNCTUATION
 
 logger = logging.get_logger(__name__)
 
@@ -149,6 +149,6 @@ class JiugeTokenizer(PreTrainedTokenizerFast):
 
     def hanzi_token_ids(self) -> list[int]:
         """Ids of the vocabulary entries that are single Chinese characters (what a line may contain)."""
-        from .forms_jiuge import is_hanzi
+        from ...utils.poetry_forms import is_hanzi
 
         return sorted(i for tok, i in self.get_vocab().items() if is_hanzi(tok))

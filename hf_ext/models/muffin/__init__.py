@@ -1,6 +1,6 @@
 """Muffin (model type ``muffin``): BEiT-3 as the bridge between images and an LLM (Yu et al. 2023).
 
-Tiny offline model for tests/demos: ``model, processor = hf_ext.models.muffin.tiny_muffin()``.
+Tiny offline model for tests/demos: ``model, processor = hf_ext.testing.tiny_muffin()``.
 """
 
 from .. import beit3 as _beit3  # noqa: F401  (registers the BEiT-3 vision config first)
@@ -23,7 +23,6 @@ from .processing_muffin import (
     add_muffin_image_tokens,
     extract_muffin_answer,
 )
-from .testing_muffin import tiny_muffin, tiny_muffin_config, tiny_muffin_tokenizer
 
 register_model(
     "muffin",
@@ -51,7 +50,4 @@ __all__ = [
     "MuffinProcessor",
     "add_muffin_image_tokens",
     "extract_muffin_answer",
-    "tiny_muffin",
-    "tiny_muffin_config",
-    "tiny_muffin_tokenizer",
 ]

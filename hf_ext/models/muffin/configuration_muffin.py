@@ -62,7 +62,8 @@ class MuffinConfig(PreTrainedConfig):
     Example:
 
     ```python
-    >>> from hf_ext.models.muffin import MuffinConfig, MuffinForConditionalGeneration, tiny_muffin_config
+    >>> from hf_ext.models.muffin import MuffinConfig, MuffinForConditionalGeneration
+    >>> from hf_ext.testing import tiny_muffin_config
 
     >>> config = tiny_muffin_config()  # hidden 32, 2 layers, 32 px images, 4 queries
     >>> model = MuffinForConditionalGeneration(config)

@@ -315,7 +315,7 @@ class MuffinForConditionalGeneration(MuffinPreTrainedModel, GenerationMixin):
 
         ```python
         >>> from PIL import Image
-        >>> from hf_ext.models.muffin import tiny_muffin
+        >>> from hf_ext.testing import tiny_muffin
 
         >>> model, processor = tiny_muffin()
         >>> messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What is it?"}]}]

@@ -15,7 +15,7 @@ from .modeling_viscpm_chat_bee import (
     build_viscpm_chat_prompt,
     viscpm_chat_image_bound,
 )
-from .mpm import prepare_mpm_stage
+from .mpm_stages import prepare_mpm_stage
 
 register_model(
     "viscpm_chat",

@@ -15,7 +15,6 @@ from .retrieval import (
     official_code_e_step_distribution,
     similarity_prior,
 )
-from .testing import tiny_elv_model
 
 __all__ = [
     "ELVConfig",
@@ -30,5 +29,4 @@ __all__ = [
     "encode_sentences",
     "official_code_e_step_distribution",
     "similarity_prior",
-    "tiny_elv_model",
 ]

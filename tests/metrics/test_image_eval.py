@@ -1,0 +1,141 @@
+"""Offline evaluation helpers: CLIP score (transformers 5), FID with a user-given extractor, IAP distance."""
+
+import numpy as np
+import pytest
+import torch
+from scipy import linalg
+from transformers import (
+    BertTokenizer,
+    ChineseCLIPConfig,
+    ChineseCLIPImageProcessor,
+    ChineseCLIPModel,
+    ChineseCLIPProcessor,
+    CLIPConfig,
+    CLIPImageProcessor,
+    CLIPModel,
+    CLIPProcessor,
+)
+
+from hf_ext.metrics.image_eval import CLIPImageFeatureExtractor, clip_score, frechet_distance, iap_alignment_distance
+from hf_ext.pipelines.iap import encode_text_like_sd, iap_alignment_loss, tokenize_like_sd
+from hf_ext.testing import ZH_CHARS, tiny_clip_tokenizer, tiny_iap_components
+
+VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+          "num_attention_heads": 2}  # fmt: skip
+IMAGE_PROC = {"size": {"shortest_edge": 32}, "crop_size": {"height": 32, "width": 32}}
+
+
+@pytest.fixture(scope="module")
+def clip():
+    tok = tiny_clip_tokenizer()
+    torch.manual_seed(0)
+    text = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 77, "bos_token_id": 0, "eos_token_id": 1,
+            "pad_token_id": 1}  # fmt: skip
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config=VISION, projection_dim=8)).eval()
+    return model, CLIPProcessor(image_processor=CLIPImageProcessor(**IMAGE_PROC), tokenizer=tok)
+
+
+def images(n, seed=0, shift=0):
+    rng = np.random.default_rng(seed)
+    return np.clip(rng.random((n, 32, 32, 3)) * 0.6 + shift, 0, 1).astype(np.float32)
+
+
+def reference_clip_score(model, processor, imgs, texts):
+    uint8 = [(torch.from_numpy(i).permute(2, 0, 1) * 255).round().to(torch.uint8) for i in imgs]
+    inputs = processor(text=texts, images=uint8, return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model(**inputs)  # the full forward's embeddings, not get_*_features
+    img = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
+    txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
+    return max(100 * (img * txt).sum(-1).mean().item(), 0.0)
+
+
+def test_clip_score_matches_formula(clip):
+    model, processor = clip
+    imgs, texts = images(3), ["a red cat", "a blue dog", "a bird"]
+    got = clip_score(imgs, texts, model, processor)
+    assert got == pytest.approx(reference_clip_score(model, processor, imgs, texts), abs=1e-3)
+    # the same score from PIL images and from [N, 3, H, W] tensors
+    from PIL import Image
+
+    pil = [Image.fromarray((i * 255).round().astype(np.uint8)) for i in imgs]
+    assert clip_score(pil, texts, model, processor) == pytest.approx(got, abs=1e-4)
+    assert clip_score(torch.from_numpy(imgs).permute(0, 3, 1, 2), texts, model, processor) == pytest.approx(
+        got, abs=1e-4
+    )
+    with pytest.raises(ValueError, match="one prompt per image"):
+        clip_score(imgs, texts[:2], model, processor)
+
+
+def test_chinese_clip_score():
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *ZH_CHARS])}
+    tok = BertTokenizer(vocab=vocab, model_max_length=32)
+    torch.manual_seed(0)
+    text = {"vocab_size": len(tok), "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
+            "num_attention_heads": 2, "max_position_embeddings": 64}  # fmt: skip
+    model = ChineseCLIPModel(ChineseCLIPConfig(text_config=text, vision_config=VISION, projection_dim=8)).eval()
+    processor = ChineseCLIPProcessor(image_processor=ChineseCLIPImageProcessor(**IMAGE_PROC), tokenizer=tok)
+    imgs, texts = images(2, seed=1), ["一只红色的猫", "蓝色的狗"]
+    got = clip_score(imgs, texts, model, processor)
+    assert got == pytest.approx(reference_clip_score(model, processor, imgs, texts), abs=1e-3)
+
+
+def scipy_fid(a: np.ndarray, b: np.ndarray) -> float:
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
+    covmean = linalg.sqrtm(cov_a @ cov_b).real
+    return float(((mu_a - mu_b) ** 2).sum() + np.trace(cov_a + cov_b - 2 * covmean))
+
+
+def test_frechet_distance_matches_scipy(clip):
+    model, processor = clip
+    extractor = CLIPImageFeatureExtractor(model, processor)
+    real, fake = images(24, seed=0), images(24, seed=1, shift=0.3)
+    got = frechet_distance(real, fake, extractor, batch_size=10)
+    with torch.no_grad():
+        fr = extractor(torch.from_numpy(real).permute(0, 3, 1, 2)).double().numpy()
+        ff = extractor(torch.from_numpy(fake).permute(0, 3, 1, 2)).double().numpy()
+    assert got == pytest.approx(scipy_fid(fr, ff), rel=1e-3, abs=1e-4)
+    assert frechet_distance(real, real, extractor) == pytest.approx(0.0, abs=1e-3)
+    with pytest.raises(ValueError, match="at least two"):
+        frechet_distance(real[:1], fake, extractor)
+
+
+def test_iap_alignment_distance():
+    c = tiny_iap_components(zh_hidden_size=12)
+    c["unet"].requires_grad_(False)
+    en_ids = tokenize_like_sd(c["en_tokenizer"], ["a red cat"])["input_ids"]
+    with torch.no_grad():
+        en = encode_text_like_sd(c["en_text_encoder"], en_ids)
+        zh_in = tokenize_like_sd(c["zh_tokenizer"], ["一只红色的猫"])
+        zh = encode_text_like_sd(c["zh_text_encoder"], zh_in["input_ids"], None, c["text_projection"])
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    same = iap_alignment_distance(c["unet"], c["scheduler"], latents, en, en, timesteps=(100, 800))
+    assert same["mean"] == pytest.approx(0.0, abs=1e-7)
+    res = iap_alignment_distance(
+        c["unet"], c["scheduler"], latents, en, zh, timesteps=(100, 800), generator=torch.Generator().manual_seed(1)
+    )
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    manual = []
+    for t in (100, 800):
+        tt = torch.tensor([t])
+        with torch.no_grad():
+            manual.append(iap_alignment_loss(c["unet"], c["scheduler"].add_noise(latents, noise, tt), tt, en, zh).loss)
+    assert res["per_timestep"] == pytest.approx({100: manual[0].item(), 800: manual[1].item()}, rel=1e-5)
+    assert res["mean"] == pytest.approx(sum(m.item() for m in manual) / 2, rel=1e-5)
+    assert len(res["per_layer"]) == 4
+
+
+def test_evaluate_module_wrapper(clip):
+    import evaluate
+    from PIL import Image
+
+    import hf_ext.metrics.image_eval as module
+
+    model, processor = clip
+    imgs, texts = images(2), ["a red cat", "a blue dog"]
+    pil = [Image.fromarray((i * 255).round().astype(np.uint8)) for i in imgs]
+    metric = evaluate.load(module.__file__)
+    result = metric.compute(predictions=pil, references=texts, model=model, processor=processor)
+    assert result["clip_score"] == pytest.approx(clip_score(pil, texts, model, processor), abs=1e-4)
