@@ -15,11 +15,9 @@ never touch transformers (e.g. ``hf-ext --help``) do not pay for it.
 
 from __future__ import annotations
 
-import ast
 import importlib
 import importlib.machinery
 import os
-import re
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -103,7 +101,7 @@ def _remove_hook() -> None:
 
 # ------------------------------------------------------------------------------------------ lazy top-level names
 
-_ALL_ASSIGNMENT = re.compile(r"^__all__\s*(?::[^=\n]*)?=\s*(?P<value>[\[(].*?[\])])\s*$", re.MULTILINE | re.DOTALL)
+_ALL_ASSIGNMENT = r"^__all__\s*(?::[^=\n]*)?=\s*(?P<value>[\[(].*?[\])])\s*$"
 _exports: dict[str, str] | None = None  # public name -> module whose __all__ lists it
 
 
@@ -114,8 +112,11 @@ def _is_class_name(name: str) -> bool:
 
 def _read_all(path: str) -> list[str]:
     """The literal ``__all__`` list of the module at ``path`` (read from the source: nothing is imported)."""
+    import ast  # here, not at the top: `import hf_ext` stays a few milliseconds
+    import re
+
     with open(path, encoding="utf-8") as f:
-        match = _ALL_ASSIGNMENT.search(f.read())
+        match = re.search(_ALL_ASSIGNMENT, f.read(), re.MULTILINE | re.DOTALL)
     if match is None:
         return []
     try:
