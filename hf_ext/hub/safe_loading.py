@@ -12,7 +12,7 @@ Every registered hf_ext model class gets a ``from_pretrained`` that
 
 and a ``save_pretrained`` that also writes the weights' sha256 manifest (``weights_manifest.json``).
 
-:func:`enable_clear_config_errors` (called when hf_ext registers its models) makes ``AutoConfig.from_pretrained``
+:func:`enable_clear_config_errors` (applied with the rest by :func:`hf_ext.hub.apply_hub_behaviour`) makes ``AutoConfig.from_pretrained``
 (which every ``AutoModel*.from_pretrained`` calls) check a *local* folder first: no ``config.json`` is an error that
 says so (instead of "Should have a `model_type` key"), and a ``model_type`` nobody registered, in a config that ships
 remote code, is an error naming the registered types (with the closest match) instead of the interactive
