@@ -315,12 +315,6 @@ def test_module_graph_has_no_cycle(edges):
     assert cycle is None, "import cycle between hf_ext modules:\n" + describe_cycle(cycle, internal, lambda m: m)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="hf_ext/utils/checkpointing.py: SafeCheckpointMixin._save imports hf_ext.hub.integrity in a function "
-    "(utils -> hub, while hub imports utils); no #17 branch owns it yet: move the manifest writing so utils imports no "
-    "hub, then remove this mark",
-)
 def test_subpackage_arrows_run_one_way_counting_function_level_imports(edges):
     """Arrows one way: also the imports inside functions (lazy, but still a dependency) form no subpackage cycle."""
     internal = [e for e in edges if _within(e.source, "hf_ext") and _within(e.target, "hf_ext")]
@@ -329,10 +323,7 @@ def test_subpackage_arrows_run_one_way_counting_function_level_imports(edges):
     assert cycle is None, "subpackages depend on each other both ways:\n" + describe_cycle(cycle, internal, subpackage)
 
 
-_KNOWN_ELSEWHERE = {
-    "metrics import no pipelines": "hf_ext/metrics/image_eval.py imports hf_ext.pipelines.iap.loss; fixed by branch "
-    "c17-structure (iap_alignment_distance moves to pipelines/iap): remove this mark after merging it",
-}
+_KNOWN_ELSEWHERE: dict[str, str] = {}
 
 
 def _rule_param(rule: Rule):
