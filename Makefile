@@ -46,6 +46,8 @@ wheel-smoke:
 	rm -rf build; \
 	python3 -m venv "$$tmp/venv"; \
 	pip="$$tmp/venv/bin/python -m pip"; \
+	$$pip install --quiet --upgrade pip; \
+	echo "wheel-smoke: virtualenv in $$(( $$(date +%s) - start )) s"; \
 	$$pip wheel --quiet --no-deps --wheel-dir "$$tmp/dist" .; \
 	$$pip install --quiet --no-compile torch==2.13.0; \
 	$$pip install --quiet --no-compile "$$tmp"/dist/hf_ext-*.whl; \
