@@ -2,7 +2,7 @@
 environment of `examples/accelerate_configs/deepspeed_zero3.yaml` (DeepSpeed ZeRO-3 on gloo), and once without
 torchrun as the 1-process baseline (no DeepSpeed).
 
-    python _dense_dpo_zero3.py OUT_DIR [--rows N]
+    python _dense_dpo_zero3.py OUT_DIR [--rows N] [--persistence_threshold 0]
 
 Dense DPO (`DenseDPOTrainer`, precomputed reference, γ = 2) on a tiny Muffin. Writes `OUT_DIR/result-{rank}.json`:
 distributed type, world size, per-step losses, rows seen per step, how the reference and the policy were sharded, and
@@ -12,11 +12,9 @@ this rank's share of the parameters.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 
-import torch
-from _muffin_fsdp import common_args, dpo_rows
+from _muffin_fsdp import common_args, dpo_rows, record_rows_seen, write_result
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
 from hf_ext.testing import tiny_muffin
@@ -60,11 +58,25 @@ def allow_deepspeed_on_cpu() -> None:
     AcceleratorState.__init__ = __init__
 
 
+def _partitioned(params) -> int:
+    # ZeRO-3 parameters this rank holds only a slice of, all-gathered in each forward (parameters below
+    # `stage3_param_persistence_threshold` stay whole on every rank once fetched)
+    return sum(hasattr(p, "ds_tensor") and p.ds_tensor.numel() < p.ds_numel and not p.ds_persist for p in params)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
     parser.add_argument("--rows", type=int, default=9)
     parser.add_argument("--global_batch", type=int, default=4)
+    parser.add_argument(
+        "--persistence_threshold",
+        type=int,
+        default=None,
+        help="ZeRO-3 `stage3_param_persistence_threshold`: parameters with at most this many elements are kept whole "
+        "on every rank once fetched (DeepSpeed's default 1e5 covers every parameter of the tiny model; 0 partitions "
+        "them all, as the weights of a real-size model are)",
+    )
     args = parser.parse_args()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world > 1:
@@ -78,6 +90,8 @@ def main() -> None:
 
     def recording_write_ref_cache(self, *a, **k):
         reference.update(engine=type(self.ref_model).__name__, sharded=is_sharded_module(self.ref_model))
+        ref_params = list(getattr(self.ref_model, "module", self.ref_model).parameters())
+        reference.update(params=len(ref_params), partitioned=_partitioned(ref_params))
         return write_ref_cache(self, *a, **k)
 
     def counting_reference_forward(self, *a, **k):
@@ -93,16 +107,11 @@ def main() -> None:
         ref_logps_cache_dir=f"{args.out}/cache",
         dense_gamma=2.0,
     )
+    if args.persistence_threshold is not None and config.deepspeed_plugin is not None:
+        zero = config.deepspeed_plugin.deepspeed_config["zero_optimization"]
+        zero["stage3_param_persistence_threshold"] = args.persistence_threshold
     trainer = DenseDPOTrainer(model=model, args=config, train_dataset=dpo_rows(args.rows), processing_class=processor)
-    seen = []
-    compute_loss = trainer.compute_loss
-
-    def recording_compute_loss(model, inputs, *a, **k):
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        seen.append(sorted(int(i[m.bool()].sum()) for i, m in zip(ids, mask)))  # a fingerprint of each row
-        return compute_loss(model, inputs, *a, **k)
-
-    trainer.compute_loss = recording_compute_loss
+    seen = record_rows_seen(trainer)
     trainer.train()
     state = trainer.accelerator.state
     engine = trainer.model_wrapped
@@ -121,13 +130,11 @@ def main() -> None:
         "rows_seen": seen,
         "num_params": sum(p.ds_numel if hasattr(p, "ds_numel") else p.numel() for p in params),
         "zero3_params": len(zero3),
+        "partitioned_params": _partitioned(params),
         # ZeRO-3 keeps this rank's partition in `ds_tensor` (padded to a multiple of the world size)
         "local_param_numel": sum(p.ds_tensor.numel() if hasattr(p, "ds_tensor") else p.numel() for p in params),
     }
-    with open(f"{args.out}/result-{state.process_index}.json", "w") as f:
-        json.dump(result, f)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":
