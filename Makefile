@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml setup.py
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e ".[dev,apps]"
+	DS_BUILD_OPS=0 $(PY) -m pip install --quiet -e ".[dev,apps]"
 	$(PY) -m pip install --quiet --no-deps "torchscale>=0.2.0,<0.3"
 	touch $(STAMP)
 
