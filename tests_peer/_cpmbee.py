@@ -14,15 +14,16 @@ class CpmBeePromptTester(TinyModelTester):
     """The structured inputs [`CpmBeeTokenizer.prepare_for_generation`] makes of ``prompts()`` (one row each; the
     shorter rows are left-padded); ``batch_size`` and ``seq_length`` follow from them."""
 
-    def prompts(self) -> list[dict]:
-        raise NotImplementedError
-
-    def __init__(self, parent, **overrides):
-        super().__init__(parent, **overrides)
+    def __init__(self, parent):
+        super().__init__(parent)
         self.tokenizer = CpmBeeTokenizer(str(VOCAB))
         self.vocab_size = self.tokenizer.vocab_size
         self.encoding, self.prompt_infos = self.tokenizer.prepare_for_generation(self.prompts(), add_answer_bos=True)
         self.batch_size, self.seq_length = self.encoding["input_ids"].shape
+
+    def prompts(self) -> list[dict]:
+        """The structured prompts, one per row (a subclass gives them)."""
+        raise NotImplementedError
 
     def cpmbee_config_kwargs(self) -> dict:
         """A tiny `CpmBeeConfig`'s keywords at the tester's sizes."""

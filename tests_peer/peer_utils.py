@@ -90,7 +90,7 @@ def skip_tests_starting_with(prefix: str, reason: str):
 class TinyModelTester:
     """The sizes the text testers here share, as attributes the mixins read from ``self.model_tester``: a batch of 2
     rows of 7 tokens from a 99-token vocabulary, 2 layers of width 32 with 4 heads. A subclass adds ``get_config`` and
-    ``prepare_config_and_inputs_for_common``; constructor keywords override any attribute."""
+    ``prepare_config_and_inputs_for_common`` and overrides any size as a class attribute."""
 
     batch_size = 2
     seq_length = 7
@@ -100,12 +100,8 @@ class TinyModelTester:
     num_attention_heads = 4
     is_training = True
 
-    def __init__(self, parent, **overrides):
+    def __init__(self, parent):
         self.parent = parent
-        for name, value in overrides.items():
-            if not hasattr(self, name):
-                raise TypeError(f"{type(self).__name__} has no attribute {name!r} to override.")
-            setattr(self, name, value)
 
 
 class GPT2StyleModelTester(TinyModelTester):

@@ -29,8 +29,8 @@ class VisCPMChatBeeModelTester(CpmBeePromptTester):
     def prompts(self):
         return [build_viscpm_chat_prompt(q, num_query=self.num_query) for q in ("what is it?", "hello")]
 
-    def __init__(self, parent, **overrides):
-        super().__init__(parent, **overrides)
+    def __init__(self, parent):
+        super().__init__(parent)
         ids = self.encoding["input_ids"]
         self.image_bound = torch.tensor(
             [[viscpm_chat_image_bound(info, ids, b)] for b, info in enumerate(self.prompt_infos)]
