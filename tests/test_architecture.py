@@ -230,6 +230,20 @@ RULES: list[Rule] = [
         lambda e: e.absolute and _within(e.target, "hf_ext"),
     ),
     Rule(
+        "utils is the base layer: it imports no other hf_ext subpackage",
+        _in("hf_ext.utils"),
+        _imports(
+            "hf_ext.apps",
+            "hf_ext.cli",
+            "hf_ext.hub",
+            "hf_ext.metrics",
+            "hf_ext.models",
+            "hf_ext.pipelines",
+            "hf_ext.testing",
+            "hf_ext.trainers",
+        ),
+    ),
+    Rule(
         "only hf_ext.testing imports hf_ext.testing at module level (test support is never a runtime dependency)",
         lambda m: not _in("hf_ext.testing")(m),
         _imports("hf_ext.testing", module_level_only=True),
