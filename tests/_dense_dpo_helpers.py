@@ -7,9 +7,7 @@ import math
 
 import torch
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
-
-from hf_ext.testing import tiny_bpe_tokenizer
+from transformers import PretrainedConfig, PreTrainedModel
 
 TEXT_ROWS = [
     ("describe the image .", "a red circle is on the left .", "a blue circle is on the left ."),
@@ -21,25 +19,6 @@ TEXT_ROWS = [
         "the quick red fox jumps over the dog .",
     ),
 ]
-
-
-def tiny_tokenizer():
-    return tiny_bpe_tokenizer()
-
-
-def tiny_gpt2(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return GPT2LMHeadModel(config)
 
 
 def perturbed(model, scale: float = 0.05, seed: int = 1):

@@ -63,9 +63,9 @@ def _tiny_muffin_repo(repo_id: str) -> None:
 
 
 def _tiny_causal_lm_dir(path: Path) -> None:
-    from _dense_dpo_helpers import tiny_gpt2, tiny_tokenizer
+    from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tiny_gpt2(tokenizer).save_pretrained(path)
     tokenizer.save_pretrained(path)
 

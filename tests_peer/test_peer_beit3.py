@@ -7,7 +7,8 @@ from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
 from tests.test_pipeline_mixin import PipelineTesterMixin
 
-from hf_ext.models.beit3 import Beit3Config, Beit3Model, tiny_beit3_config
+from hf_ext.models.beit3 import Beit3Config, Beit3Model
+from hf_ext.testing import tiny_beit3_config
 
 
 class Beit3ModelTester:

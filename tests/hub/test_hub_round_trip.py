@@ -46,7 +46,8 @@ def _muffin_inputs(processor) -> dict:
 
 
 def _build_beit3():
-    from hf_ext.models.beit3 import Beit3Model, tiny_beit3_config
+    from hf_ext.models.beit3 import Beit3Model
+    from hf_ext.testing import tiny_beit3_config
 
     model = Beit3Model(tiny_beit3_config()).eval()
     inputs = {"pixel_values": torch.randn(1, 3, 32, 32)}
@@ -428,12 +429,13 @@ def test_builder_output_round_trip(name, local_hub, tmp_path):
 
 def test_dense_dpo_lora_adapter_round_trip(local_hub, tmp_path):
     """A LoRA adapter trained by DenseDPOTrainer, pushed, and loaded onto the base model with PEFT."""
-    from _dense_dpo_helpers import base_args, text_dataset, tiny_gpt2, tiny_tokenizer
+    from _dense_dpo_helpers import base_args, text_dataset
     from peft import LoraConfig, PeftModel
 
     from hf_ext import DenseDPOConfig, DenseDPOTrainer
+    from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     trainer = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(**base_args(tmp_path), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),

@@ -13,10 +13,11 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from _dense_dpo_helpers import base_args, perturbed, text_dataset, tiny_gpt2, tiny_tokenizer, token_logps
+from _dense_dpo_helpers import base_args, perturbed, text_dataset, token_logps
 from trl import DPOConfig, DPOTrainer
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2, tiny_llava
 from hf_ext.trainers.dense_dpo import DataCollatorForDensePreference, correction_weights
 from hf_ext.trainers.dense_dpo.weights import span_token_mask
 
@@ -110,7 +111,7 @@ def _grads(model):
 
 
 def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
@@ -153,7 +154,7 @@ def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
 def test_eq5_by_hand(tmp_path, normalize):
     """Score = (Σ_u log p + γ Σ_c log p) / (|y_u| + γ|y_c|) (or the numerator alone), policy and reference alike."""
     gamma, beta = 5.0, 0.5
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     trainer = DenseDPOTrainer(
@@ -199,7 +200,7 @@ def test_eq5_by_hand(tmp_path, normalize):
 
 
 def test_sft_weight_and_fraction_metric(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     common = {"ref_model": None, "train_dataset": text_dataset(), "processing_class": tok}
@@ -225,7 +226,7 @@ def test_sft_weight_and_fraction_metric(tmp_path):
 
 
 def test_explicit_spans_map_to_tokens(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     rows = [("describe the image .", "the green triangle is in the middle .", "the red triangle is in the middle .")]
     chosen_spans = [[[4, 9]]]  # "green"
     rejected_spans = [[[4, 7]]]  # "red"
@@ -245,7 +246,7 @@ def test_explicit_spans_map_to_tokens(tmp_path):
     # conversational rows: the spans are located inside the chat-template rendering
     from datasets import Dataset
 
-    from benchmarks.hallucination.demo import TINY_CHAT_TEMPLATE
+    from hf_ext.testing import TINY_CHAT_TEMPLATE
 
     tok.chat_template = TINY_CHAT_TEMPLATE
     conv = Dataset.from_dict(
@@ -280,7 +281,7 @@ def test_explicit_spans_map_to_tokens(tmp_path):
 
 
 def test_precomputed_reference_equals_live_and_cache_reuse(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
@@ -323,7 +324,7 @@ def test_precomputed_reference_equals_live_and_cache_reuse(tmp_path):
 
 
 def test_precompute_frees_own_reference_and_model_card(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     trainer = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(**base_args(tmp_path), precompute_ref_log_probs=True, max_steps=2),
@@ -344,7 +345,7 @@ def test_precompute_frees_own_reference_and_model_card(tmp_path):
 def test_lora(tmp_path):
     from peft import LoraConfig
 
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     trainer = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(**base_args(tmp_path), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),
@@ -366,7 +367,7 @@ def test_bad_config():
 
 
 def test_rejects_plain_dpo_config(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     with pytest.raises(TypeError, match="DenseDPOConfig"):
         DenseDPOTrainer(
             model=tiny_gpt2(tok),
@@ -388,9 +389,7 @@ def vlm_data(tmp_path_factory):
 
 
 def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
-    from benchmarks.hallucination.demo import build_tiny_llava
-
-    model, processor = build_tiny_llava()
+    model, processor = tiny_llava()
     ref = perturbed(model)
     kwargs = base_args(tmp_path, max_length=None, per_device_train_batch_size=2)
     trl_trainer = DPOTrainer(
@@ -444,9 +443,7 @@ def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
 
 
 def test_vlm_explicit_spans(tmp_path, vlm_data):
-    from benchmarks.hallucination.demo import build_tiny_llava
-
-    model, processor = build_tiny_llava()
+    model, processor = tiny_llava()
     row = vlm_data[0]
     chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
     # mark the first differing word on each side
@@ -487,7 +484,7 @@ def test_two_process_run(tmp_path):
     from safetensors.torch import load_file
 
     (two_proc,) = list((tmp_path / "cache").glob("train-*.safetensors"))
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     single = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(
@@ -568,7 +565,7 @@ def _pair_of_trainers(tmp_path, model, ref, ds, tok, **options):
     ids=["wpo", "ld_alpha", "wpo+ld_alpha+normalize"],
 )
 def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
@@ -597,7 +594,7 @@ def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
 
 @pytest.mark.parametrize("options", [{"use_weighting": True}, {"ld_alpha": 0.3}], ids=["wpo", "ld_alpha"])
 def test_wpo_and_ld_alpha_at_gamma_one_equal_trl(tmp_path, options):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
@@ -624,7 +621,7 @@ def test_wpo_and_ld_alpha_at_gamma_one_equal_trl(tmp_path, options):
 @pytest.mark.parametrize("gamma", [1.0, 1.1])
 def test_train_with_wpo(tmp_path, gamma):
     """Like TRL's `test_train_with_wpo`: training with `use_weighting=True` runs and moves every parameter."""
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     trainer = DenseDPOTrainer(
         model=model,
@@ -647,7 +644,7 @@ def test_train_with_wpo(tmp_path, gamma):
 
 
 def test_precomputed_reference_with_ld_alpha_equals_live(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     losses = {}
@@ -674,9 +671,7 @@ def test_precomputed_reference_with_ld_alpha_equals_live(tmp_path):
 
 def test_vlm_diff_runs_over_the_whole_sequence_with_image_tokens(tmp_path, vlm_data):
     """VLM rows: the official diff sees prompt + expanded image placeholders + answer (left-padded prompts)."""
-    from benchmarks.hallucination.demo import build_tiny_llava
-
-    model, processor = build_tiny_llava()
+    model, processor = tiny_llava()
     trainer = DenseDPOTrainer(
         model=model,
         ref_model=perturbed(model),
@@ -719,7 +714,7 @@ def test_precompute_really_frees_the_temporary_reference(tmp_path):
             copies.append(weakref.ref(result))
         return result
 
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     with mock.patch.object(dense_dpo_trainer.copy, "deepcopy", side_effect=recording_deepcopy):
         trainer = DenseDPOTrainer(
             model=tiny_gpt2(tok),
@@ -735,7 +730,7 @@ def test_precompute_really_frees_the_temporary_reference(tmp_path):
 
 def _precompute_error(trainer_cls, config_cls, tmp_path, where):
     """The `ValueError` a trainer raises for `precompute_ref_log_probs=True` with a streamed dataset at `where`."""
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ds = text_dataset()
     streamed = ds.to_iterable_dataset()
@@ -758,7 +753,7 @@ def test_precompute_refuses_iterable_dataset_like_trl(tmp_path, where):
     """Streamed data with a precomputed reference is refused with TRL's own wording (which callers match on)."""
     if where == "evaluate":
         # a late eval dataset: build without eval data, stream it to `evaluate()`
-        tok = tiny_tokenizer()
+        tok = tiny_bpe_tokenizer()
         model = tiny_gpt2(tok)
         messages = []
         for trainer_cls, config_cls in ((DPOTrainer, DPOConfig), (DenseDPOTrainer, DenseDPOConfig)):
