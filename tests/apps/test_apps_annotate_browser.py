@@ -14,6 +14,7 @@ from _browser import (
     watch_console,
     watch_stream_messages,
 )
+from _cpu_training import cpu_training_args
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
@@ -188,17 +189,8 @@ def test_annotation_round_trip_kill_and_resume(page, tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
     args = DenseDPOConfig(
-        output_dir=str(tmp_path / "ddpo"),
-        per_device_train_batch_size=3,
-        max_steps=1,
-        learning_rate=1e-3,
+        **cpu_training_args(tmp_path / "ddpo", per_device_train_batch_size=3, max_steps=1, learning_rate=1e-3),
         dense_gamma=5.0,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
         max_length=None,
     )
     before = model.model.query.detach().clone()

@@ -8,6 +8,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from _cpu_training import cpu_training_args
 from datasets import Dataset
 from PIL import Image
 
@@ -51,19 +52,7 @@ def _reference_logps(model, processor, completion):
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=1,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        learning_rate=1e-3,
-        save_strategy="no",
-        **kw,
-    )
+    return cls(**cpu_training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, learning_rate=1e-3, **kw))
 
 
 def test_trl_dpo_trainer_logps_and_update(tmp_path):
