@@ -44,13 +44,17 @@ MULTILINGUAL_CORPUS = [
 ]
 
 
-def tiny_unet(cross_attention_dim: int = 8, sample_size: int = 16, seed: int = 0) -> UNet2DConditionModel:
-    """A two-level UNet with one cross-attention block per level (4 `attn2` layers), as in diffusers' SD tests."""
+def tiny_unet(
+    cross_attention_dim: int = 8, sample_size: int = 16, seed: int = 0, time_cond_proj_dim: int | None = None
+) -> UNet2DConditionModel:
+    """A two-level UNet with one cross-attention block per level (4 `attn2` layers), as in diffusers' SD tests
+    (`time_cond_proj_dim`: the guidance embedding of LCM-style distilled UNets, as there)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=sample_size,
+        time_cond_proj_dim=time_cond_proj_dim,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),

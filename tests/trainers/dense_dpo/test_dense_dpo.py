@@ -378,6 +378,14 @@ def vlm_data(tmp_path_factory):
     return load_rlhf_v(path)
 
 
+def _vlm_trainer(model, processor, dataset, output_dir):
+    """Dense DPO (γ = 3, untruncated rows) of `model` against a perturbed copy, to look at its collated batches."""
+    args = DenseDPOConfig(**base_args(output_dir, max_length=None), dense_gamma=3.0)
+    return DenseDPOTrainer(
+        model=model, ref_model=perturbed(model), args=args, train_dataset=dataset, processing_class=processor
+    )
+
+
 def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
     model, processor = tiny_llava()
     ref = perturbed(model)
@@ -417,13 +425,7 @@ def test_vlm_explicit_spans(tmp_path, vlm_data):
     start_c, start_r = len(" ".join(words_c[:k])) + 1, len(" ".join(words_r[:k])) + 1
     ds = vlm_data.select([0]).add_column("chosen_segments", [[[start_c, start_c + len(words_c[k])]]])
     ds = ds.add_column("rejected_segments", [[[start_r, start_r + len(words_r[k])]]])
-    trainer = DenseDPOTrainer(
-        model=model,
-        ref_model=perturbed(model),
-        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
-        train_dataset=ds,
-        processing_class=processor,
-    )
+    trainer = _vlm_trainer(model, processor, ds, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     for r, word in ((0, words_c[k]), (1, words_r[k])):
         flagged = batch["input_ids"][r][batch["corrected_mask"][r]]
@@ -611,13 +613,7 @@ def test_precomputed_reference_with_ld_alpha_equals_live(tmp_path):
 def test_vlm_diff_runs_over_the_whole_sequence_with_image_tokens(tmp_path, vlm_data):
     """VLM rows: the official diff sees prompt + expanded image placeholders + answer (left-padded prompts)."""
     model, processor = tiny_llava()
-    trainer = DenseDPOTrainer(
-        model=model,
-        ref_model=perturbed(model),
-        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
-        train_dataset=vlm_data,
-        processing_class=processor,
-    )
+    trainer = _vlm_trainer(model, processor, vlm_data, tmp_path)
     batch = trainer.data_collator([vlm_data[i] for i in range(4)])
     image_id = model.config.image_token_id
     n = 4
