@@ -62,6 +62,7 @@ _LAZY_ATTRS: dict[str, str] = {
     "tiny_iap_components": "iap",
     "tiny_iap_pipeline": "iap",
     # checkpoint folders
+    "save_tiny_gpt2": "checkpoints",
     "save_tiny_muffin": "checkpoints",
     "save_tiny_jiuge": "checkpoints",
     "save_tiny_text_vae": "checkpoints",
@@ -87,6 +88,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # pragma: no cover
     from .checkpoints import (  # noqa: F401
+        save_tiny_gpt2,
         save_tiny_iap_pipeline,
         save_tiny_jiuge,
         save_tiny_muffin,

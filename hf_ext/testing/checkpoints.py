@@ -14,6 +14,7 @@ from pathlib import Path
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 __all__ = [
+    "save_tiny_gpt2",
     "save_tiny_iap_pipeline",
     "save_tiny_jiuge",
     "save_tiny_muffin",
@@ -53,6 +54,16 @@ def save_tiny_muffin(path: str | Path, model_type: str = "muffin", seed: int = 0
     model.generation_config.do_sample = False
     model.generation_config.no_repeat_ngram_size = 1  # every word piece at most once: varied text
     return _save(path, model, processor)
+
+
+def save_tiny_gpt2(path: str | Path, seed: int = 0) -> Path:
+    """Save [`tiny_gpt2`]`(seed=seed)` and its byte-level BPE tokenizer ([`tiny_bpe_tokenizer`]) to `path`: a causal
+    LM checkpoint for the command line and `from_pretrained`."""
+    from hf_ext.testing.text_models import tiny_gpt2
+    from hf_ext.testing.tokenizers import tiny_bpe_tokenizer
+
+    tokenizer = tiny_bpe_tokenizer()
+    return _save(path, tiny_gpt2(tokenizer, seed=seed), tokenizer)
 
 
 def save_tiny_jiuge(path: str | Path, seed: int = 0) -> Path:

@@ -60,6 +60,15 @@ def test_save_tiny_muffin_saves_tiny_muffin(tmp_path, model_type):
     assert (gen.max_new_tokens, gen.do_sample, gen.no_repeat_ngram_size) == (5, False, 1)
 
 
+def test_save_tiny_gpt2_saves_tiny_gpt2(tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = testing.save_tiny_gpt2(tmp_path / "gpt2", seed=5)
+    tokenizer = testing.tiny_bpe_tokenizer()
+    _assert_same_weights(AutoModelForCausalLM.from_pretrained(path), testing.tiny_gpt2(tokenizer, seed=5))
+    assert AutoTokenizer.from_pretrained(path).get_vocab() == tokenizer.get_vocab()
+
+
 def test_save_tiny_jiuge_saves_tiny_jiuge(tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
