@@ -9,11 +9,12 @@ offline tests of code built on hf_ext::
 
 One naming scheme:
 
-* ``tiny_<thing>(...)`` returns a tiny object in memory, with random weights drawn after ``torch.manual_seed(seed)``
-  and in eval mode: a config (``tiny_<model>_config``), a tokenizer (``tiny_<kind>_tokenizer``), a model, a pipeline.
-  A model factory that takes a ``tokenizer`` returns the model sized to it (``tiny_gpt2(tokenizer)``); one that builds
-  its own processing class returns both, as ``from_pretrained`` would load them (``model, processor =
-  tiny_muffin()``; ``text_encoder, tokenizer = tiny_clip_text_encoder()``).
+* ``tiny_<thing>(...)`` returns a tiny object in memory: a config (``tiny_<model>_config``), a tokenizer
+  (``tiny_<kind>_tokenizer``), a model or a pipeline. Random weights are drawn after ``torch.manual_seed(seed)``;
+  models are in eval mode, as ``from_pretrained`` returns them (``tiny_elv_model``: an ``ELVModel`` for its trainer).
+  A language model's factory takes its tokenizer and returns the model sized to it (``tiny_gpt2(tokenizer)``); a
+  vision-language model or a text encoder comes with the processor / tokenizer built for it, as a pair
+  (``model, processor = tiny_muffin()``; ``text_encoder, tokenizer = tiny_clip_text_encoder()``).
 * ``save_tiny_<thing>(path, ...)`` saves what ``tiny_<thing>(...)`` builds to a folder and returns its path.
 * ``UPPER_CASE`` names are the small corpora and templates the factories use.
 
