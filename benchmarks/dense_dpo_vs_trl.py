@@ -124,9 +124,9 @@ def build(task: str, args):
 
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
 
-    from benchmarks.hallucination.demo import build_tiny_llava
+    from hf_ext.testing import tiny_llava
 
-    tiny, processor = build_tiny_llava(image_size=args.image_size, patch_size=args.patch_size, hidden_size=h)
+    tiny, processor = tiny_llava(image_size=args.image_size, patch_size=args.patch_size, hidden_size=h)
     heads = max(2, h // 64)
     vision_config = CLIPVisionConfig(
         **{

@@ -2,13 +2,14 @@
 
 import sys
 
-from _dense_dpo_helpers import base_args, text_dataset, tiny_gpt2, tiny_tokenizer
+from _dense_dpo_helpers import base_args, text_dataset
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 
 
 def main(out: str) -> None:
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     trainer = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(

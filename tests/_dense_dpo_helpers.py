@@ -6,10 +6,9 @@ import copy
 import math
 
 import torch
+from _cpu_training import cpu_training_args
 from datasets import Dataset
-from transformers import GPT2Config, GPT2LMHeadModel, PretrainedConfig, PreTrainedModel
-
-from hf_ext.testing import tiny_bpe_tokenizer
+from transformers import PretrainedConfig, PreTrainedModel
 
 TEXT_ROWS = [
     ("describe the image .", "a red circle is on the left .", "a blue circle is on the left ."),
@@ -21,25 +20,6 @@ TEXT_ROWS = [
         "the quick red fox jumps over the dog .",
     ),
 ]
-
-
-def tiny_tokenizer():
-    return tiny_bpe_tokenizer()
-
-
-def tiny_gpt2(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
-    torch.manual_seed(seed)
-    config = GPT2Config(
-        vocab_size=len(tokenizer),
-        n_positions=128,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
-    return GPT2LMHeadModel(config)
 
 
 def perturbed(model, scale: float = 0.05, seed: int = 1):
@@ -63,22 +43,28 @@ def text_dataset(rows=TEXT_ROWS, **extra_columns) -> Dataset:
 
 
 def base_args(output_dir, **kwargs) -> dict:
-    args = {
-        "output_dir": str(output_dir),
-        "per_device_train_batch_size": 4,
-        "per_device_eval_batch_size": 4,
-        "max_length": 64,
-        "bf16": False,
-        "use_cpu": True,
-        "gradient_checkpointing": False,
-        "report_to": "none",
-        "logging_steps": 1,
-        "save_strategy": "no",
-        "seed": 0,
-        "disable_tqdm": True,
-    }
-    args.update(kwargs)
-    return args
+    """:func:`cpu_training_args` of the dense-DPO tests: batches of 4 (4 pairs), 64 tokens, seed 0."""
+    defaults = dict(
+        per_device_train_batch_size=4, per_device_eval_batch_size=4, max_length=64, seed=0, disable_tqdm=True
+    )
+    return cpu_training_args(output_dir, **{**defaults, **kwargs})
+
+
+def lora_trainer(output_dir, tokenizer):
+    """A `DenseDPOTrainer` that trains a LoRA adapter (r = 4 on `c_attn`) of a tiny GPT-2 for 2 steps on
+    :func:`text_dataset`, the reference log-probs precomputed (the base model without the adapter)."""
+    from peft import LoraConfig
+
+    from hf_ext import DenseDPOConfig, DenseDPOTrainer
+    from hf_ext.testing import tiny_gpt2
+
+    return DenseDPOTrainer(
+        model=tiny_gpt2(tokenizer),
+        args=DenseDPOConfig(**base_args(output_dir), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),
+        train_dataset=text_dataset(),
+        processing_class=tokenizer,
+        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True),
+    )
 
 
 def token_logps(model, batch) -> torch.Tensor:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from _cpu_training import cpu_training_args
 from _fsdp_cpu import allow_fsdp_on_cpu
 from datasets import Dataset
 from PIL import Image
@@ -108,17 +109,11 @@ def write_result(out: str, result: dict) -> None:
 
 
 def common_args(out: str, per_device: int) -> dict:
-    return dict(
-        output_dir=out,
+    return cpu_training_args(
+        out,
         per_device_train_batch_size=per_device,
         max_steps=2,
         learning_rate=1e-2,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
         seed=0,
         disable_tqdm=True,
         dataloader_drop_last=True,

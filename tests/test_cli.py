@@ -9,15 +9,16 @@ from pathlib import Path
 
 import pytest
 import yaml
-from _dense_dpo_helpers import TEXT_ROWS, tiny_gpt2, tiny_tokenizer
+from _dense_dpo_helpers import TEXT_ROWS
 from safetensors.torch import load_file
 
 from hf_ext import cli
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 
 
 @pytest.fixture
 def model_and_data(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     model_dir = tmp_path / "model"
     model.save_pretrained(model_dir)

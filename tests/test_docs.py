@@ -24,6 +24,8 @@ from pathlib import Path
 
 import pytest
 
+from hf_ext.testing import save_tiny_gpt2, save_tiny_muffin
+
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = ["README.md", *sorted(str(p.relative_to(ROOT)) for p in (ROOT / "docs").glob("*.md"))]
 SKIP_MARK = re.compile(r"<!--\s*docs-test:\s*skip\b(?P<reason>.*?)-->")
@@ -46,28 +48,12 @@ def python_blocks(text: str) -> list[tuple[int, str, str | None]]:
 
 
 # ---------------------------------------------------------------------------------------------- stand-ins
-def _tiny_muffin_dir(path: Path) -> None:
-    from hf_ext.testing import tiny_muffin
-
-    model, processor = tiny_muffin()
-    model.save_pretrained(path)
-    processor.save_pretrained(path)
-
-
-def _tiny_muffin_repo(repo_id: str) -> None:
+def _push_tiny_muffin(repo_id: str) -> None:
     from hf_ext.testing import tiny_muffin
 
     model, processor = tiny_muffin()
     model.push_to_hub(repo_id)
     processor.push_to_hub(repo_id)
-
-
-def _tiny_causal_lm_dir(path: Path) -> None:
-    from _dense_dpo_helpers import tiny_gpt2, tiny_tokenizer
-
-    tokenizer = tiny_tokenizer()
-    tiny_gpt2(tokenizer).save_pretrained(path)
-    tokenizer.save_pretrained(path)
 
 
 def _rlhf_v_parquet(path: Path) -> None:
@@ -104,9 +90,9 @@ def _semeval2014_xml(path: Path) -> None:
 
 # placeholder as written in the docs -> how to make a tiny offline stand-in (a local path or a local-Hub repo)
 STAND_INS = {
-    "path/or/hub-id": _tiny_muffin_dir,
-    "muffin-13b-hf": _tiny_muffin_dir,
-    "path/to/sft-model": _tiny_causal_lm_dir,
+    "path/or/hub-id": save_tiny_muffin,
+    "muffin-13b-hf": save_tiny_muffin,
+    "path/to/sft-model": save_tiny_gpt2,
     "RLHF-V-Dataset.parquet": _rlhf_v_parquet,
     "data/chinese-poetry/dist/quantangshi/poet.tang.0.json": _poetry_file,
     "data/chinese-poetry/dist/songci/ci.song.0.json": _poetry_file,
@@ -114,7 +100,7 @@ STAND_INS = {
     "TEST_FILE_FULL.TXT": _semeval2010,
     "Laptop_Train_v2.xml": _semeval2014_xml,
 }
-HUB_STAND_INS = {"me/tiny-muffin": _tiny_muffin_repo}
+HUB_STAND_INS = {"me/tiny-muffin": _push_tiny_muffin}
 
 
 def _fixture_dir(name: str):

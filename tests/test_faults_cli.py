@@ -136,14 +136,16 @@ def test_cli_quick_start_runs_on_a_cpu_as_written(tmp_path, monkeypatch):
     import re
     import shlex
 
-    from test_docs import _rlhf_v_parquet, _tiny_muffin_dir
+    from test_docs import _rlhf_v_parquet
+
+    from hf_ext.testing import save_tiny_muffin
 
     text = (ROOT / "docs" / "dense_dpo.md").read_text(encoding="utf-8")
     command = re.search(r"^hf-ext dense-dpo .*?(?<!\\)\n", text, re.S | re.M).group(0).replace("\\\n", " ")
     argv = shlex.split(command)
     assert "--use_cpu" not in argv and "--bf16" not in argv
     monkeypatch.chdir(tmp_path)
-    _tiny_muffin_dir(tmp_path / "my-vlm")
+    save_tiny_muffin(tmp_path / "my-vlm")
     _rlhf_v_parquet(tmp_path / "RLHF-V-Dataset.parquet")
     trainer = cli.run(argv[1:])
     import torch

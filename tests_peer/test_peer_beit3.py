@@ -6,7 +6,8 @@ from peer_utils import PeerModelTestMixin, text_inputs
 from tests.test_modeling_common import ModelTesterMixin, floats_tensor
 from tests.test_pipeline_mixin import PipelineTesterMixin
 
-from hf_ext.models.beit3 import Beit3Config, Beit3Model, tiny_beit3_config
+from hf_ext.models.beit3 import Beit3Config, Beit3Model
+from hf_ext.testing import tiny_beit3_config
 
 
 class Beit3ModelTester:

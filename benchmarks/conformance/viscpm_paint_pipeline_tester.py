@@ -30,7 +30,6 @@ from diffusers import (
     EulerDiscreteScheduler,
     LMSDiscreteScheduler,
     PNDMScheduler,
-    UNet2DConditionModel,
 )
 
 import hf_ext
@@ -68,11 +67,9 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
         return text_encoder, tokenizer, self.text_hidden_size
 
     def get_dummy_components(self, time_cond_proj_dim=None):
-        # hf_ext.testing's tiny UNet and VAE are diffusers' SD tester components (same sizes, seed 0)
-        unet = tiny_unet(self.cross_attention_dim, sample_size=32)
-        if time_cond_proj_dim is not None:  # the LCM variant of diffusers' SD tests
-            torch.manual_seed(0)
-            unet = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=time_cond_proj_dim)
+        # diffusers' Stable Diffusion dummies (UNet at 32 px, VAE, each after `torch.manual_seed(0)`), in training mode
+        # as there
+        unet = tiny_unet(self.cross_attention_dim, 32, seed=0, time_cond_proj_dim=time_cond_proj_dim).train()
         scheduler = DDIMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -80,7 +77,7 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
             clip_sample=False,
             set_alpha_to_one=False,
         )
-        vae = tiny_vae(seed=0)
+        vae = tiny_vae(seed=0).train()
         text_encoder, tokenizer, text_hidden_size = self.get_text_side()
         torch.manual_seed(0)
         text_projection = VisCPMPaintTextProjection(

@@ -5,8 +5,8 @@ Stages (one line each on the console, a progress bar for each long one; the trai
 
 1. the grounded shapes task with a co-occurrence prior (:mod:`benchmarks.hallucination.grounded`): biased SFT images, a
    preference pool, held-out test layouts;
-2. :func:`build_tiny_vlm`, bridge pre-training (each query classifies a grid cell), then SFT with TRL's
-   ``SFTTrainer``, the bridge frozen; saved as the initial checkpoint;
+2. a random tiny hf_ext Muffin (:func:`benchmarks.hallucination.study.build_model`), bridge pre-training (each query
+   classifies a grid cell), then SFT with TRL's ``SFTTrainer``, the bridge frozen; saved as the initial checkpoint;
 3. the gates (:mod:`benchmarks.hallucination.gates`): the model sees, and its prior misleads it on conflict images; the
    demo stops here when they fail;
 4. preference data in RLHF-V's form: sampled answers (ungrammatical ones dropped and counted), hallucinated
@@ -35,9 +35,6 @@ from pathlib import Path
 
 __all__ = [
     "DEMO_CONFIG",
-    "TINY_CHAT_TEMPLATE",
-    "build_tiny_llava",
-    "build_tiny_vlm",
     "evaluate_checkpoint",
     "main",
     "run_training",
@@ -45,81 +42,6 @@ __all__ = [
     "train_main",
     "write_sample_data",
 ]
-
-# A minimal chat template that renders TRL's structured messages (image blocks → "<image>").
-TINY_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% else %}ASSISTANT: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<image>\n{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-
-def build_tiny_llava(image_size: int = 32, patch_size: int = 16, hidden_size: int = 32, seed: int = 0):
-    """A random tiny ``LlavaForConditionalGeneration`` and a matching ``LlavaProcessor``, built offline.
-
-    Tokenizer: :func:`hf_ext.testing.tokenizers.tiny_bpe_tokenizer` with an ``<image>`` token; image processor:
-    ``CLIPImageProcessorPil`` (no torchvision). The image becomes ``(image_size / patch_size) ** 2`` tokens.
-    """
-    import torch
-    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration, LlavaProcessor
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
-    from dataset_builders.rlhf_v.fixtures import COLORS, NUMBERS, POSITIONS, QUESTIONS, SHAPES
-    from hf_ext.testing import DEFAULT_CORPUS, tiny_bpe_tokenizer
-
-    words = " ".join([*COLORS, *SHAPES, *(s + "s" for s in SHAPES), *POSITIONS, *NUMBERS.values(), *QUESTIONS])
-    tokenizer = tiny_bpe_tokenizer(
-        texts=[DEFAULT_CORPUS, words, "USER: ASSISTANT: there is are on the of the image background white"] * 4,
-        vocab_size=320,
-        additional_special_tokens=["<image>"],
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    )
-    processor = LlavaProcessor(
-        image_processor=image_processor,
-        tokenizer=tokenizer,
-        patch_size=patch_size,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,  # CLIP's CLS token, dropped by the "default" strategy
-        chat_template=TINY_CHAT_TEMPLATE,
-    )
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=1,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch_size,
-            projection_dim=hidden_size,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=256,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            bos_token_id=tokenizer.bos_token_id,
-        ),
-        image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-1,
-    )
-    torch.manual_seed(seed)
-    model = LlavaForConditionalGeneration(config)
-    return model, processor
 
 
 def _demo_config(**overrides):
@@ -143,15 +65,6 @@ DEMO_CONFIG: dict = dict(
     pool_size=300,
     test_samples=400,
 )
-
-
-def build_tiny_vlm(seed: int = 0):
-    """The demo's model and processor: a random tiny hf_ext Muffin (BEiT-3 bridge, 9 queries, Llama LLM) whose
-    processor and tokenizer fit the grounded shapes task (swap this function to demo another VLM)."""
-    from benchmarks.hallucination.study import build_model, build_tokenizer
-
-    config = _demo_config()
-    return build_model(config, build_tokenizer(config), seed=seed)
 
 
 def write_sample_data(output_dir: str | Path, seed: int = 0) -> dict:

@@ -18,10 +18,11 @@ import string
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaConfig, LlamaForCausalLM
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from hf_ext.pipelines.viscpm_paint.modeling_text_projection import VisCPMPaintTextProjection
 from hf_ext.pipelines.viscpm_paint.pipeline_viscpm_paint import VisCPMPaintPipeline
+from hf_ext.testing.text_models import tiny_llama_config
 from hf_ext.testing.tokenizers import tiny_bpe_tokenizer
 
 __all__ = [
@@ -43,13 +44,17 @@ MULTILINGUAL_CORPUS = [
 ]
 
 
-def tiny_unet(cross_attention_dim: int = 8, sample_size: int = 16, seed: int = 0) -> UNet2DConditionModel:
-    """A two-level UNet with one cross-attention block per level (4 `attn2` layers), as in diffusers' SD tests."""
+def tiny_unet(
+    cross_attention_dim: int = 8, sample_size: int = 16, seed: int = 0, time_cond_proj_dim: int | None = None
+) -> UNet2DConditionModel:
+    """A two-level UNet with one cross-attention block per level (4 `attn2` layers), as in diffusers' SD tests
+    (`time_cond_proj_dim`: the guidance embedding of LCM-style distilled UNets, as there)."""
     torch.manual_seed(seed)
     return UNet2DConditionModel(
         block_out_channels=(4, 8),
         layers_per_block=1,
         sample_size=sample_size,
+        time_cond_proj_dim=time_cond_proj_dim,
         in_channels=4,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
@@ -85,23 +90,12 @@ def tiny_scheduler() -> DDIMScheduler:
     )
 
 
-def tiny_llm_text_encoder(hidden_size: int = 16, seed: int = 0):
+def tiny_llm_text_encoder(hidden_size: int = 16, seed: int = 0) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     """A tiny multilingual "LLM" (`LlamaForCausalLM`, dropout 0) and its byte-level BPE tokenizer."""
     tokenizer = tiny_bpe_tokenizer(MULTILINGUAL_CORPUS * 4, vocab_size=320)
     tokenizer.model_max_length = 64
     torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=hidden_size,
-        intermediate_size=2 * hidden_size,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=128,
-        pad_token_id=tokenizer.pad_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        bos_token_id=tokenizer.bos_token_id,
-    )
+    config = tiny_llama_config(tokenizer, hidden_size, max_position_embeddings=128)
     return LlamaForCausalLM(config).eval(), tokenizer
 
 

@@ -49,7 +49,7 @@ def tiny_elv_model(
         label_names (`Sequence[str]`, *optional*, defaults to `("negative", "positive")`): class names; the predictor
             gets `len(label_names)` labels.
         tokenizer (`PreTrainedTokenizerBase`, *optional*): generator tokenizer; sets the generator's `vocab_size` and
-            pad / eos ids (`decoder_start_token_id` = pad id, as in T5). Default: [`~testing_utils.tiny_bpe_tokenizer`].
+            pad / eos ids (`decoder_start_token_id` = pad id, as in T5). Default: [`tiny_bpe_tokenizer`].
         predictor_tokenizer (`PreTrainedTokenizerBase`, *optional*): predictor (and retriever) tokenizer; sets their
             `vocab_size` and pad id. Default: a deep copy of `tokenizer`.
         num_explanations (`int`, *optional*, defaults to 3): K, explanations retrieved per input.

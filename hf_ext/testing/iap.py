@@ -10,7 +10,10 @@ One call builds a pipeline::
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
+from diffusers import StableDiffusionPipeline
 from transformers import BertConfig, BertModel, BertTokenizer
 
 from hf_ext.pipelines.iap.modeling_iap_projection import IAPTextProjection
@@ -52,7 +55,9 @@ def tiny_chinese_text_encoder(hidden_size: int = 8, seed: int = 0) -> tuple[Bert
     return BertModel(config).eval(), tokenizer
 
 
-def tiny_iap_components(cross_attention_dim: int = 8, zh_hidden_size: int = 8, sample_size: int = 16, seed: int = 0):
+def tiny_iap_components(
+    cross_attention_dim: int = 8, zh_hidden_size: int = 8, sample_size: int = 16, seed: int = 0
+) -> dict[str, Any]:
     """Frozen tiny SD parts plus a Chinese encoder: a dict with `unet`, `vae`, `scheduler`, `en_text_encoder`,
     `en_tokenizer`, `zh_text_encoder`, `zh_tokenizer` and `text_projection` (`None` when the widths match)."""
     en_text_encoder, en_tokenizer = tiny_clip_text_encoder(cross_attention_dim, seed=seed)
@@ -73,8 +78,11 @@ def tiny_iap_components(cross_attention_dim: int = 8, zh_hidden_size: int = 8, s
     }
 
 
-def tiny_iap_pipeline(cross_attention_dim: int = 8, zh_hidden_size: int = 12, seed: int = 0):
-    """A Chinese tiny SD pipeline: `IAPStableDiffusionPipeline` when the widths differ, else `StableDiffusionPipeline`."""
+def tiny_iap_pipeline(
+    cross_attention_dim: int = 8, zh_hidden_size: int = 12, seed: int = 0
+) -> StableDiffusionPipeline:
+    """A Chinese tiny SD pipeline: `IAPStableDiffusionPipeline` (a `StableDiffusionPipeline` subclass) when the widths
+    differ, else `StableDiffusionPipeline`."""
     parts = tiny_iap_components(cross_attention_dim, zh_hidden_size, seed=seed)
     pipe = build_iap_pipeline(
         parts["vae"],

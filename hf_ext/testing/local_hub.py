@@ -143,6 +143,621 @@ class _HubError(Exception):
         self.status, self.message, self.error_code = status, message, error_code
 
 
+class _HubServer(ThreadingHTTPServer):
+    """The HTTP server and everything it stores: repositories, blobs, the token and the request log.
+
+    Request handlers (:class:`_HubRequestHandler`, one per connection) reach this state as ``self.server``; every
+    read or write of ``repos`` / ``blobs`` happens under ``lock``.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, address: tuple[str, int], user: str, token: str | None):
+        self.user = user
+        self.token = token
+        self.upload_key = secrets.token_bytes(32)  # signs the LFS upload URLs handed out by the batch API
+        self.repos: dict[tuple[str, str], _Repo] = {}
+        self.blobs: dict[str, bytes] = {}  # sha256 -> content (committed files and verified LFS uploads)
+        self.lock = threading.RLock()
+        self.requests: list[tuple[str, str]] = []  # (method, path) log
+        super().__init__(address, _HubRequestHandler)
+
+    @property
+    def endpoint(self) -> str:
+        host, port = self.server_address[:2]
+        return f"http://{host}:{port}"
+
+    # ------------------------------------------------------------------ LFS upload URLs
+    def sign_upload(self, oid: str) -> str:
+        return hmac.new(self.upload_key, oid.encode(), hashlib.sha256).hexdigest()
+
+    def check_upload_signature(self, oid: str, signature: str) -> None:
+        if not hmac.compare_digest(signature.encode(), self.sign_upload(oid).encode()):
+            raise _HubError(
+                403,
+                "LFS uploads need the signed URL returned by the LFS batch API (an authenticated request).",
+                "Unauthorized",
+            )
+
+    # ------------------------------------------------------------------ store
+    def store(self, content: bytes) -> str:
+        key = hashlib.sha256(content).hexdigest()
+        self.blobs[key] = content
+        return key
+
+    def get_repo(self, repo_type: str, repo_id: str) -> _Repo:
+        with self.lock:
+            repo = self.repos.get((repo_type, repo_id))
+        if repo is None:
+            raise _HubError(404, f"Repository {repo_type} {repo_id!r} not found.", "RepoNotFound")
+        return repo
+
+    def resolve(self, repo: _Repo, revision: str) -> _Commit:
+        """The commit a branch, tag, full or abbreviated (>= 7 characters) commit sha points at."""
+        rev = unquote(revision)
+        sha = repo.branches.get(rev) or repo.tags.get(rev)
+        if sha is None and rev in repo.commits:
+            sha = rev
+        if sha is None and len(rev) >= 7:
+            matches = [c for c in repo.commits if c.startswith(rev)]
+            sha = matches[0] if len(matches) == 1 else None
+        if sha is None:
+            raise _HubError(
+                404, f"Invalid rev id: {rev!r} is not a branch, tag or commit of {repo.repo_id}.", "RevisionNotFound"
+            )
+        return repo.commits[sha]
+
+    def new_commit(
+        self, repo: _Repo, parent: _Commit | None, files: dict[str, _File], title: str, message: str
+    ) -> _Commit:
+        payload = json.dumps(
+            {
+                "parent": parent.sha if parent else None,
+                "files": sorted((p, f.git_oid) for p, f in files.items()),
+                "title": title,
+                "t": time.time_ns(),
+            }
+        ).encode()
+        sha = hashlib.sha1(payload).hexdigest()
+        commit = _Commit(sha, parent.sha if parent else None, files, title, message, time.time())
+        repo.commits[sha] = commit
+        return commit
+
+    def create_repo(self, repo_type: str, repo_id: str) -> tuple[_Repo, bool]:
+        """Return ``(repo, created)``; a new repository starts with one commit holding ``.gitattributes``."""
+        with self.lock:
+            key = (repo_type, repo_id)
+            if key in self.repos:
+                return self.repos[key], False
+            repo = _Repo(repo_type, repo_id)
+            gitattributes = (
+                b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
+            )
+            blob = self.store(gitattributes)
+            init = self.new_commit(
+                repo,
+                None,
+                {".gitattributes": _File(blob, len(gitattributes), _git_blob_sha1(gitattributes), False)},
+                "initial commit",
+                "",
+            )
+            repo.branches["main"] = init.sha
+            self.repos[key] = repo
+            return repo, True
+
+    def delete_repo(self, repo_type: str, repo_id: str) -> None:
+        with self.lock:
+            self.get_repo(repo_type, repo_id)
+            del self.repos[(repo_type, repo_id)]
+
+    def apply_commit(self, repo: _Repo, revision: str, lines: list[dict]) -> _Commit:
+        """Validate every operation first, then swap the branch head: all or nothing."""
+        with self.lock:
+            rev = unquote(revision)
+            if rev not in repo.branches:
+                if rev in repo.tags or rev in repo.commits:
+                    raise _HubError(400, f"Cannot commit to {rev!r}: it is not a branch.", "RevisionNotFound")
+                raise _HubError(404, f"Branch {rev!r} not found in {repo.repo_id}.", "RevisionNotFound")
+            head = repo.commits[repo.branches[rev]]
+            files = dict(head.files)
+            title, message = "", ""
+            for item in lines:
+                key, value = item.get("key"), item.get("value", {})
+                if key == "header":
+                    title = value.get("summary", "")
+                    message = value.get("description", "")
+                    parent = value.get("parentCommit")
+                    if parent and parent != head.sha:
+                        raise _HubError(
+                            412,
+                            f"parentCommit {parent} is not the head of {rev!r} ({head.sha}).",
+                            "PreconditionFailed",
+                        )
+                elif key == "file":
+                    content = (
+                        base64.b64decode(value["content"])
+                        if value.get("encoding") == "base64"
+                        else value["content"].encode()
+                    )
+                    blob = self.store(content)
+                    files[_check_path(value["path"])] = _File(blob, len(content), _git_blob_sha1(content), False)
+                elif key == "lfsFile":
+                    _check_path(value["path"])
+                    oid = value["oid"]
+                    if oid not in self.blobs:
+                        raise _HubError(
+                            422,
+                            f"LFS object {oid} for {value['path']!r} was never uploaded (interrupted upload?); "
+                            "nothing was committed.",
+                            "LfsObjectMissing",
+                        )
+                    content = self.blobs[oid]
+                    files[value["path"]] = _File(oid, len(content), _git_blob_sha1(content), True)
+                elif key == "deletedFile":
+                    if _check_path(value["path"]) not in files:
+                        raise _HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
+                    del files[value["path"]]
+                elif key == "deletedFolder":
+                    prefix = _check_path(value["path"], folder=True) + "/"
+                    for p in [p for p in files if p.startswith(prefix)]:
+                        del files[p]
+                else:
+                    raise _HubError(400, f"Unsupported commit operation {key!r}.")
+            commit = self.new_commit(repo, head, files, title or "Upload", message)
+            repo.branches[rev] = commit.sha
+            return commit
+
+
+# ---------------------------------------------------------------------- routes
+_WRITE_METHODS = ("POST", "PUT", "DELETE")
+
+
+@dataclass(frozen=True)
+class _Route:
+    """``pattern`` is matched against the request path without its leading ``/`` (empty segments dropped).
+
+    ``methods``: the HTTP methods served (``None``: any). ``auth``: ``"write"`` (a token is needed for POST / PUT /
+    DELETE), ``"always"`` (needed for every method) or ``"signed"`` (the URL carries its own signature). A pattern
+    with ``namespace`` / ``name`` groups addresses one repository (``kind``: its URL prefix): the handler gets the
+    repository as ``repo``, after its id is validated and found.
+    """
+
+    methods: frozenset[str] | None
+    pattern: re.Pattern[str]
+    handler: str
+    auth: str = "write"
+
+
+def _route(methods: str | None, pattern: str, handler: str, auth: str = "write") -> _Route:
+    return _Route(frozenset(methods.split()) if methods else None, re.compile(pattern), handler, auth)
+
+
+_SEGMENT = r"[^/]+"
+_API_REPO = rf"api/(?P<kind>models|datasets|spaces)/(?P<namespace>{_SEGMENT})/(?P<name>{_SEGMENT})"
+# git and file URLs: no prefix for models, `datasets/` or `spaces/` for the others (never a namespace of that name)
+_GIT_REPO = rf"(?:(?P<kind>datasets|spaces)/|(?!(?:datasets|spaces)/))(?P<namespace>{_SEGMENT})/(?P<name>{_SEGMENT})"
+_REV = rf"(?P<revision>{_SEGMENT})"
+
+_ROUTES: tuple[_Route, ...] = (
+    _route(None, r"api/whoami-v2", "whoami", auth="always"),
+    _route(None, r"api/validate-yaml", "validate_yaml"),
+    _route("POST", r"api/repos/create", "create_repo"),
+    _route("DELETE", r"api/repos/delete", "delete_repo"),
+    _route(None, rf"{_API_REPO}(?:/revision(?:/{_REV})?(?:/.*)?)?", "repo_info"),
+    _route("GET", rf"{_API_REPO}/tree/{_REV}(?:/(?P<path>.*))?", "tree"),
+    _route("POST", rf"{_API_REPO}/paths-info/{_REV}(?:/.*)?", "paths_info"),
+    _route("GET", rf"{_API_REPO}/refs(?:/.*)?", "refs"),
+    _route("GET", rf"{_API_REPO}/commits/{_REV}(?:/.*)?", "commits"),
+    _route("POST", rf"{_API_REPO}/preupload/{_REV}(?:/.*)?", "preupload"),
+    _route("POST", rf"{_API_REPO}/commit/{_REV}(?:/.*)?", "commit"),
+    _route("POST", rf"{_API_REPO}/branch/(?P<branch>{_SEGMENT})", "create_branch"),
+    _route("DELETE", rf"{_API_REPO}/branch/(?P<branch>{_SEGMENT})", "delete_branch"),
+    _route("POST", rf"{_API_REPO}/tag/{_REV}", "create_tag"),
+    _route("DELETE", rf"{_API_REPO}/tag/(?P<tag>{_SEGMENT})", "delete_tag"),
+    _route(None, rf"{_API_REPO}/(?P<rest>.*)", "no_repo_route"),
+    _route(None, r"api(?:/(?P<rest>.*))?", "no_api_route"),
+    _route("PUT", rf"lfs-upload/(?P<oid>{_SEGMENT})", "lfs_upload", auth="signed"),
+    _route("POST", rf"{_GIT_REPO}\.git/info/lfs/objects/batch", "lfs_batch"),
+    _route("GET HEAD", rf"{_GIT_REPO}/resolve/{_REV}/(?P<path>.+)", "resolve_file"),
+)
+
+
+def _hub_time(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(timestamp))
+
+
+class _HubRequestHandler(BaseHTTPRequestHandler):
+    """Answers one connection of :class:`_HubServer`: routing by :data:`_ROUTES`, one ``_<handler>`` method a route.
+
+    The methods starting with ``_`` and named in :data:`_ROUTES` answer one route each; the rest read the request
+    body, write the response and turn errors into the Hub's error responses.
+    """
+
+    protocol_version = "HTTP/1.1"
+    server: _HubServer
+
+    def log_message(self, *args):  # keep test output clean
+        pass
+
+    def do_GET(self):
+        self._dispatch()
+
+    def do_HEAD(self):
+        self._dispatch()
+
+    def do_POST(self):
+        self._dispatch()
+
+    def do_PUT(self):
+        self._dispatch()
+
+    def do_DELETE(self):
+        self._dispatch()
+
+    # ------------------------------------------------------------------ request / response plumbing
+    def _body(self) -> bytes:
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            chunks = []
+            while True:
+                size = int(self.rfile.readline().strip().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                chunks.append(self.rfile.read(size))
+                self.rfile.readline()
+            return b"".join(chunks)
+        length = int(self.headers.get("Content-Length") or 0)
+        data = self.rfile.read(length) if length else b""
+        if len(data) != length:
+            raise _HubError(400, f"Incomplete request body: got {len(data)} of {length} bytes.")
+        return data
+
+    def _read_json(self) -> dict:
+        body = self._body()
+        try:
+            obj = json.loads(body or b"{}")
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise _BadRequest(f"the body is not valid JSON ({e})") from None
+        if not isinstance(obj, dict):
+            raise _BadRequest(f"expected a JSON object, got {type(obj).__name__}")
+        return obj
+
+    def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head_only: bool = False) -> None:
+        self.send_response(status)
+        headers = dict(headers or {})
+        headers.setdefault("Content-Length", str(len(body)))
+        for k, v in headers.items():
+            self.send_header(k, v)
+        self.end_headers()
+        if body and not head_only:
+            self.wfile.write(body)
+
+    def _json(self, status: int, obj: Any, headers: dict | None = None) -> None:
+        self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
+
+    def _error(self, status: int, message: str, error_code: str | None) -> None:
+        headers = {"X-Error-Message": message}
+        if error_code:
+            headers["X-Error-Code"] = error_code
+        if self.command == "HEAD":
+            self._send(status, b"", headers)
+        else:
+            self._json(status, {"error": message}, headers)
+
+    def _dispatch(self) -> None:
+        self.server.requests.append((self.command, self.path))
+        try:
+            self._route()
+        except (_BadRequest, json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, AttributeError) as e:
+            # a malformed request (bad JSON, a missing or mistyped field): the client's fault, answered 400
+            detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+            message = f"Malformed request: {detail}"
+            if self.command == "HEAD":
+                self._send(400, b"", {"X-Error-Message": message, "X-Error-Code": "BadRequest"})
+            else:
+                self._json(400, {"error": message}, {"X-Error-Code": "BadRequest"})
+        except _HubError as e:
+            self._error(e.status, e.message, e.error_code)
+        except Exception as e:  # pragma: no cover - a bug in the fake server must be visible
+            self._json(500, {"error": f"Internal error ({type(e).__name__})"})
+
+    def _route(self) -> None:
+        url = urlsplit(self.path)
+        self.query = parse_qs(url.query)
+        path = "/".join(p for p in url.path.split("/") if p != "")
+        for route in _ROUTES:
+            match = route.pattern.fullmatch(path)
+            if match and (route.methods is None or self.command in route.methods):
+                self._authorize(route.auth)
+                args = match.groupdict()
+                if "namespace" in args:
+                    repo_type = _REPO_TYPES.get(args.pop("kind") or "models")
+                    repo_id = _check_repo_id(unquote(args.pop("namespace")), unquote(args.pop("name")))
+                    args["repo"] = self.server.get_repo(repo_type, repo_id)
+                return getattr(self, f"_{route.handler}")(**args)
+        self._authorize("write")
+        raise _HubError(404, f"No route for {self.command} {url.path}", "EntryNotFound")
+
+    def _authorize(self, policy: str) -> None:
+        token = self.server.token
+        if token is None or policy == "signed":  # LFS uploads carry their own signature
+            return
+        auth = self.headers.get("Authorization") or ""
+        given = auth[7:].strip() if auth.lower().startswith("bearer ") else None
+        if given is not None and not hmac.compare_digest(given.encode(), token.encode()):
+            if given == "":
+                given = None
+            else:
+                status = 403 if self.command in _WRITE_METHODS else 401
+                raise _HubError(status, "Invalid credentials in Authorization header.", "Unauthorized")
+        if given is None and (policy == "always" or self.command in _WRITE_METHODS):
+            raise _HubError(401, "Authentication required: send `Authorization: Bearer <token>`.", "Unauthorized")
+
+    # ------------------------------------------------------------------ account and repositories
+    def _whoami(self) -> None:
+        user = self.server.user
+        self._json(
+            200,
+            {
+                "type": "user",
+                "name": user,
+                "fullname": user,
+                "orgs": [],
+                "auth": {"type": "access_token", "accessToken": {"role": "write"}},
+            },
+        )
+
+    def _validate_yaml(self) -> None:
+        self._body()
+        self._json(200, {"errors": [], "warnings": []})
+
+    def _create_repo(self) -> None:
+        body = self._read_json()
+        name, org = body.get("name"), body.get("organization")
+        repo_type = body.get("type") or "model"
+        if not name:
+            raise _HubError(400, "Missing repository name.")
+        if repo_type not in _URL_PREFIX:
+            raise _HubError(400, f"Invalid repository type {repo_type!r}.")
+        repo_id = _check_repo_id(org or self.server.user, name)
+        _, created = self.server.create_repo(repo_type, repo_id)
+        url = f"{self.server.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
+        if not created:
+            return self._json(409, {"error": "You already created this repo", "url": url})
+        self._json(200, {"url": url, "name": repo_id})
+
+    def _delete_repo(self) -> None:
+        body = self._read_json()
+        repo_type = body.get("type") or "model"
+        self.server.delete_repo(repo_type, _check_repo_id(body.get("organization") or self.server.user, body["name"]))
+        self._json(200, {})
+
+    def _repo_info(self, repo: _Repo, revision: str | None) -> None:
+        commit = self.server.resolve(repo, revision or "main")
+        info = {
+            "id": repo.repo_id,
+            "_id": repo.repo_id,
+            "sha": commit.sha,
+            "private": False,
+            "gated": False,
+            "disabled": False,
+            "author": repo.repo_id.split("/")[0],
+            "lastModified": _hub_time(commit.date),
+            "createdAt": _hub_time(repo.created_at),
+            "siblings": [{"rfilename": p} for p in sorted(commit.files)],
+            "tags": [],
+            "downloads": 0,
+            "likes": 0,
+        }
+        self._json(200, info)
+
+    def _no_repo_route(self, repo: _Repo, rest: str) -> None:
+        raise _HubError(404, f"No API route for {self.command} {rest}", "EntryNotFound")
+
+    def _no_api_route(self, rest: str | None) -> None:
+        raise _HubError(404, f"No API route /api/{rest or ''}", "EntryNotFound")
+
+    # ------------------------------------------------------------------ listings
+    def _tree(self, repo: _Repo, revision: str, path: str | None) -> None:
+        commit = self.server.resolve(repo, revision)
+        recursive = self.query.get("recursive", ["false"])[0].lower() in ("1", "true")
+        self._json(200, _tree_entries(commit, unquote(path or "").strip("/"), recursive))
+
+    def _paths_info(self, repo: _Repo, revision: str) -> None:
+        commit = self.server.resolve(repo, revision)
+        form = parse_qs(self._body().decode())
+        out = []
+        for p in form.get("paths", []):
+            p = p.strip("/")
+            if p in commit.files:
+                out.append(_file_entry(p, commit.files[p]))
+            elif any(f.startswith(p + "/") for f in commit.files) or p == "":
+                out.append({"type": "directory", "oid": commit.sha, "size": 0, "path": p})
+        self._json(200, out)
+
+    def _refs(self, repo: _Repo) -> None:
+        def ref(kind: str, name: str, sha: str) -> dict:
+            return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": sha}
+
+        refs = {
+            "branches": [ref("heads", n, s) for n, s in repo.branches.items()],
+            "tags": [ref("tags", n, s) for n, s in repo.tags.items()],
+            "converts": [],
+            "pullRequests": [],
+        }
+        self._json(200, refs)
+
+    def _commits(self, repo: _Repo, revision: str) -> None:
+        commit: _Commit | None = self.server.resolve(repo, revision)
+        log = []
+        while commit is not None:
+            log.append(
+                {
+                    "id": commit.sha,
+                    "title": commit.title,
+                    "message": commit.message,
+                    "authors": [{"user": self.server.user}],
+                    "date": _hub_time(commit.date),
+                }
+            )
+            commit = repo.commits.get(commit.parent) if commit.parent else None
+        self._json(200, log)
+
+    # ------------------------------------------------------------------ commits, branches, tags
+    def _preupload(self, repo: _Repo, revision: str) -> None:
+        head = self.server.resolve(repo, revision)
+        body = self._read_json()
+        files = []
+        for f in body.get("files", []):
+            _check_path(f["path"])
+            lfs = f["path"].endswith(_LFS_SUFFIXES) or int(f.get("size", 0)) >= _LFS_MIN_SIZE
+            existing = head.files.get(f["path"])
+            oid = None
+            if existing is not None:
+                oid = existing.content_key if existing.lfs else existing.git_oid
+            files.append(
+                {"path": f["path"], "uploadMode": "lfs" if lfs else "regular", "shouldIgnore": False, "oid": oid}
+            )
+        self._json(200, {"files": files, "commitOid": head.sha})
+
+    def _commit(self, repo: _Repo, revision: str) -> None:
+        lines = []
+        for n, line in enumerate(self._body().splitlines()):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise _BadRequest(f"commit line {n + 1} is not valid JSON ({e})") from None
+            if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
+                raise _BadRequest(f"commit line {n + 1} is not an object with a `value` object")
+            lines.append(item)
+        commit = self.server.apply_commit(repo, revision, lines)
+        url = f"{self.server.endpoint}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.sha}"
+        self._json(200, {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None})
+
+    def _create_branch(self, repo: _Repo, branch: str) -> None:
+        name = unquote(branch)
+        body = self._read_json()
+        with self.server.lock:
+            if name in repo.branches:
+                raise _HubError(409, f"Branch {name!r} already exists.")
+            repo.branches[name] = self.server.resolve(repo, body.get("startingPoint") or "main").sha
+        self._json(200, {})
+
+    def _delete_branch(self, repo: _Repo, branch: str) -> None:
+        name = unquote(branch)
+        with self.server.lock:
+            if name not in repo.branches:
+                raise _HubError(404, f"Branch {name!r} not found.", "RevisionNotFound")
+            del repo.branches[name]
+        self._json(200, {})
+
+    def _create_tag(self, repo: _Repo, revision: str) -> None:
+        body = self._read_json()
+        tag = body["tag"]
+        with self.server.lock:
+            if tag in repo.tags:
+                raise _HubError(409, f"Tag {tag!r} already exists.")
+            repo.tags[tag] = self.server.resolve(repo, revision).sha
+        self._json(200, {})
+
+    def _delete_tag(self, repo: _Repo, tag: str) -> None:
+        with self.server.lock:
+            repo.tags.pop(unquote(tag), None)
+        self._json(200, {})
+
+    # ------------------------------------------------------------------ files and LFS
+    def _resolve_file(self, repo: _Repo, revision: str, path: str) -> None:
+        path = _check_path(unquote(path))
+        with self.server.lock:
+            commit = self.server.resolve(repo, revision)
+            f = commit.files.get(path)
+            if f is None:
+                raise _HubError(404, f"Entry {path!r} not found in {repo.repo_id}@{revision}.", "EntryNotFound")
+            content = self.server.blobs[f.content_key]
+        headers = {"X-Repo-Commit": commit.sha, "Accept-Ranges": "bytes"}
+        if f.lfs:
+            # the real Hub's ETag of an LFS file is its sha256, which clients use to check the download
+            headers.update(
+                {"ETag": f'"{f.content_key}"', "X-Linked-Etag": f'"{f.content_key}"', "X-Linked-Size": str(f.size)}
+            )
+        else:
+            headers["ETag"] = f'"{f.git_oid}"'
+        status = 200
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes=") and self.command == "GET":
+            start_s, _, end_s = rng[6:].partition("-")
+            start = int(start_s) if start_s else max(0, len(content) - int(end_s))
+            end = int(end_s) if (end_s and start_s) else len(content) - 1
+            end = min(end, len(content) - 1)
+            if start > end and len(content) > 0:
+                return self._send(416, b"", {"Content-Range": f"bytes */{len(content)}"})
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
+            content = content[start : end + 1]
+            status = 206
+        headers["Content-Length"] = str(len(content))
+        self._send(status, content, headers, head_only=(self.command == "HEAD"))
+
+    def _lfs_batch(self, repo: _Repo) -> None:
+        body = self._read_json()
+        objects = []
+        for obj in body.get("objects", []):
+            oid = obj["oid"]
+            if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{64}", oid):
+                raise _BadRequest(f"LFS oid {oid!r} is not a sha256 hex digest")
+            entry = {"oid": oid, "size": obj["size"]}
+            with self.server.lock:
+                uploaded = oid in self.server.blobs
+            if not uploaded:
+                href = f"{self.server.endpoint}/lfs-upload/{oid}?signature={self.server.sign_upload(oid)}"
+                entry["actions"] = {"upload": {"href": href, "header": {}}}
+            objects.append(entry)
+        self._json(200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"})
+
+    def _lfs_upload(self, oid: str) -> None:
+        self.server.check_upload_signature(oid, self.query.get("signature", [""])[0])
+        data = self._body()
+        digest = hashlib.sha256(data).hexdigest()
+        if digest != oid:
+            raise _HubError(400, f"LFS upload for {oid} has sha256 {digest}: content corrupted in transit.")
+        with self.server.lock:
+            self.server.blobs[oid] = data
+        self._send(200)
+
+
+def _file_entry(path: str, f: _File) -> dict:
+    entry = {"type": "file", "oid": f.git_oid, "size": f.size, "path": path}
+    if f.lfs:
+        entry["lfs"] = {"oid": f.content_key, "size": f.size, "pointerSize": 134}
+    return entry
+
+
+def _tree_entries(commit: _Commit, path: str, recursive: bool) -> list[dict]:
+    """The Hub's ``tree`` listing of ``path`` (a folder or one file) at ``commit``."""
+    prefix = path + "/" if path else ""
+    if path and path in commit.files:
+        return [_file_entry(path, commit.files[path])]
+    out, dirs = [], set()
+    for p, f in sorted(commit.files.items()):
+        if not p.startswith(prefix):
+            continue
+        rel = p[len(prefix) :]
+        if "/" in rel:
+            parts = rel.split("/")
+            for i in range(1, (len(parts) if recursive else 1) + 1):
+                d = prefix + "/".join(parts[:i])
+                if d not in dirs and d != p:
+                    dirs.add(d)
+                    out.append({"type": "directory", "oid": commit.sha, "size": 0, "path": d})
+            if not recursive:
+                continue
+        out.append(_file_entry(p, f))
+    if path and not out:
+        raise _HubError(404, f"{path!r} does not exist at this revision.", "EntryNotFound")
+    return out
+
+
 class LocalHub:
     """A Hub-protocol server on ``127.0.0.1:<free port>``; start/stop it with ``with LocalHub() as hub:``.
 
@@ -160,22 +775,28 @@ class LocalHub:
             raise ValueError(f"LocalHub only binds to loopback addresses, got host={host!r}.")
         if token is not None and (not isinstance(token, str) or not token):
             raise ValueError("LocalHub(token=...) must be a non-empty string or None.")
-        self.user = user
-        self.token = token
-        self._upload_key = secrets.token_bytes(32)  # signs the LFS upload URLs handed out by the batch API
-        self._repos: dict[tuple[str, str], _Repo] = {}
-        self._blobs: dict[str, bytes] = {}  # sha256 -> content (committed files and verified LFS uploads)
-        self._lock = threading.RLock()
-        self._server = ThreadingHTTPServer((host, port), self._make_handler())
-        self._server.daemon_threads = True
+        self._server = _HubServer((host, port), user=user, token=token)
         self._thread: threading.Thread | None = None
-        self.requests: list[tuple[str, str]] = []  # (method, path) log, handy in tests
+
+    @property
+    def user(self) -> str:
+        """The name ``whoami`` returns (the default namespace of new repositories)."""
+        return self._server.user
+
+    @property
+    def token(self) -> str | None:
+        """The token writes need (``None``: none needed)."""
+        return self._server.token
+
+    @property
+    def requests(self) -> list[tuple[str, str]]:
+        """Every request received so far, as ``(method, path)``, oldest first."""
+        return self._server.requests
 
     # ------------------------------------------------------------------ lifecycle
     @property
     def endpoint(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return self._server.endpoint
 
     def start(self) -> LocalHub:
         if self._thread is None:
@@ -238,551 +859,28 @@ class LocalHub:
                 setattr(constants, n, v)
 
     # ------------------------------------------------------------------ inspection helpers (tests)
+    def repo_ids(self, repo_type: str | None = None) -> list[str]:
+        """The ids of the stored repositories (of one ``repo_type``: ``"model"``, ``"dataset"``, ``"space"``)."""
+        with self._server.lock:
+            return sorted(rid for rtype, rid in self._server.repos if repo_type in (None, rtype))
+
+    def stored_object(self, sha256: str) -> bytes | None:
+        """The stored content whose sha256 is ``sha256`` (a committed file or an uploaded LFS object), else ``None``."""
+        with self._server.lock:
+            return self._server.blobs.get(sha256)
+
     def repo_files(self, repo_id: str, repo_type: str = "model", revision: str = "main") -> dict[str, bytes]:
         """Return ``{path: content}`` of a revision, straight from the store (bypassing HTTP)."""
-        with self._lock:
-            repo = self._get_repo(repo_type, repo_id)
-            commit = self._resolve(repo, revision)
-            return {p: self._blobs[f.content_key] for p, f in commit.files.items()}
+        server = self._server
+        with server.lock:
+            commit = server.resolve(server.get_repo(repo_type, repo_id), revision)
+            return {p: server.blobs[f.content_key] for p, f in commit.files.items()}
 
     def corrupt_file(self, repo_id: str, path: str, data: bytes, repo_type: str = "model") -> None:
         """Replace the stored bytes of ``path`` at ``main`` *without* updating its hashes (simulates corruption)."""
-        with self._lock:
-            repo = self._get_repo(repo_type, repo_id)
-            f = self._resolve(repo, "main").files[path]
+        server = self._server
+        with server.lock:
+            f = server.resolve(server.get_repo(repo_type, repo_id), "main").files[path]
             key = "corrupt-" + hashlib.sha256(data).hexdigest()
-            self._blobs[key] = data
+            server.blobs[key] = data
             f.content_key = key
-
-    def _sign_upload(self, oid: str) -> str:
-        return hmac.new(self._upload_key, oid.encode(), hashlib.sha256).hexdigest()
-
-    # ------------------------------------------------------------------ store logic
-    def _get_repo(self, repo_type: str, repo_id: str) -> _Repo:
-        repo = self._repos.get((repo_type, repo_id))
-        if repo is None:
-            raise _HubError(404, f"Repository {repo_type} {repo_id!r} not found.", "RepoNotFound")
-        return repo
-
-    def _resolve(self, repo: _Repo, revision: str) -> _Commit:
-        rev = unquote(revision)
-        sha = repo.branches.get(rev) or repo.tags.get(rev)
-        if sha is None and rev in repo.commits:
-            sha = rev
-        if sha is None and len(rev) >= 7:
-            matches = [c for c in repo.commits if c.startswith(rev)]
-            sha = matches[0] if len(matches) == 1 else None
-        if sha is None:
-            raise _HubError(
-                404, f"Invalid rev id: {rev!r} is not a branch, tag or commit of {repo.repo_id}.", "RevisionNotFound"
-            )
-        return repo.commits[sha]
-
-    def _new_commit(self, repo: _Repo, parent: _Commit | None, files: dict[str, _File], title: str, message: str):
-        payload = json.dumps(
-            {
-                "parent": parent.sha if parent else None,
-                "files": sorted((p, f.git_oid) for p, f in files.items()),
-                "title": title,
-                "t": time.time_ns(),
-            }
-        ).encode()
-        sha = hashlib.sha1(payload).hexdigest()
-        commit = _Commit(sha, parent.sha if parent else None, files, title, message, time.time())
-        repo.commits[sha] = commit
-        return commit
-
-    def _create_repo(self, repo_type: str, repo_id: str) -> tuple[_Repo, bool]:
-        with self._lock:
-            key = (repo_type, repo_id)
-            if key in self._repos:
-                return self._repos[key], False
-            repo = _Repo(repo_type, repo_id)
-            gitattributes = (
-                b"*.safetensors filter=lfs diff=lfs merge=lfs -text\n*.parquet filter=lfs diff=lfs merge=lfs -text\n"
-            )
-            blob = self._store(gitattributes)
-            init = self._new_commit(
-                repo,
-                None,
-                {".gitattributes": _File(blob, len(gitattributes), _git_blob_sha1(gitattributes), False)},
-                "initial commit",
-                "",
-            )
-            repo.branches["main"] = init.sha
-            self._repos[key] = repo
-            return repo, True
-
-    def _store(self, content: bytes) -> str:
-        key = hashlib.sha256(content).hexdigest()
-        self._blobs[key] = content
-        return key
-
-    def _apply_commit(self, repo: _Repo, revision: str, lines: list[dict]) -> _Commit:
-        """Validate every operation first, then swap the branch head: all or nothing."""
-        with self._lock:
-            rev = unquote(revision)
-            if rev not in repo.branches:
-                if rev in repo.tags or rev in repo.commits:
-                    raise _HubError(400, f"Cannot commit to {rev!r}: it is not a branch.", "RevisionNotFound")
-                raise _HubError(404, f"Branch {rev!r} not found in {repo.repo_id}.", "RevisionNotFound")
-            head = repo.commits[repo.branches[rev]]
-            files = dict(head.files)
-            title, message = "", ""
-            for item in lines:
-                key, value = item.get("key"), item.get("value", {})
-                if key == "header":
-                    title = value.get("summary", "")
-                    message = value.get("description", "")
-                    parent = value.get("parentCommit")
-                    if parent and parent != head.sha:
-                        raise _HubError(
-                            412,
-                            f"parentCommit {parent} is not the head of {rev!r} ({head.sha}).",
-                            "PreconditionFailed",
-                        )
-                elif key == "file":
-                    content = (
-                        base64.b64decode(value["content"])
-                        if value.get("encoding") == "base64"
-                        else value["content"].encode()
-                    )
-                    blob = self._store(content)
-                    files[_check_path(value["path"])] = _File(blob, len(content), _git_blob_sha1(content), False)
-                elif key == "lfsFile":
-                    _check_path(value["path"])
-                    oid = value["oid"]
-                    if oid not in self._blobs:
-                        raise _HubError(
-                            422,
-                            f"LFS object {oid} for {value['path']!r} was never uploaded (interrupted upload?); "
-                            "nothing was committed.",
-                            "LfsObjectMissing",
-                        )
-                    content = self._blobs[oid]
-                    files[value["path"]] = _File(oid, len(content), _git_blob_sha1(content), True)
-                elif key == "deletedFile":
-                    if _check_path(value["path"]) not in files:
-                        raise _HubError(404, f"A file with this name doesn't exist: {value['path']}", "EntryNotFound")
-                    del files[value["path"]]
-                elif key == "deletedFolder":
-                    prefix = _check_path(value["path"], folder=True) + "/"
-                    for p in [p for p in files if p.startswith(prefix)]:
-                        del files[p]
-                else:
-                    raise _HubError(400, f"Unsupported commit operation {key!r}.")
-            commit = self._new_commit(repo, head, files, title or "Upload", message)
-            repo.branches[rev] = commit.sha
-            return commit
-
-    # ------------------------------------------------------------------ HTTP
-    def _make_handler(self):
-        hub = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):  # keep test output clean
-                pass
-
-            def _body(self) -> bytes:
-                if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
-                    chunks = []
-                    while True:
-                        size = int(self.rfile.readline().strip().split(b";")[0], 16)
-                        if size == 0:
-                            self.rfile.readline()
-                            break
-                        chunks.append(self.rfile.read(size))
-                        self.rfile.readline()
-                    return b"".join(chunks)
-                length = int(self.headers.get("Content-Length") or 0)
-                data = self.rfile.read(length) if length else b""
-                if len(data) != length:
-                    raise _HubError(400, f"Incomplete request body: got {len(data)} of {length} bytes.")
-                return data
-
-            def _send(self, status: int, body: bytes = b"", headers: dict | None = None, head_only=False):
-                self.send_response(status)
-                headers = dict(headers or {})
-                headers.setdefault("Content-Length", str(len(body)))
-                for k, v in headers.items():
-                    self.send_header(k, v)
-                self.end_headers()
-                if body and not head_only:
-                    self.wfile.write(body)
-
-            def _json(self, status: int, obj: Any, headers: dict | None = None):
-                self._send(status, json.dumps(obj).encode(), {"Content-Type": "application/json", **(headers or {})})
-
-            def _dispatch(self, method: str):
-                hub.requests.append((method, self.path))
-                try:
-                    self._route(method)
-                except (
-                    _BadRequest,
-                    json.JSONDecodeError,
-                    UnicodeDecodeError,
-                    KeyError,
-                    TypeError,
-                    AttributeError,
-                ) as e:
-                    # a malformed request (bad JSON, a missing or mistyped field): the client's fault, answered 400
-                    detail = f"missing field {e}" if isinstance(e, KeyError) else str(e)
-                    message = f"Malformed request: {detail}"
-                    if method == "HEAD":
-                        self._send(400, b"", {"X-Error-Message": message, "X-Error-Code": "BadRequest"})
-                    else:
-                        self._json(400, {"error": message}, {"X-Error-Code": "BadRequest"})
-                except _HubError as e:
-                    headers = {"X-Error-Message": e.message}
-                    if e.error_code:
-                        headers["X-Error-Code"] = e.error_code
-                    if method == "HEAD":
-                        self._send(e.status, b"", headers)
-                    else:
-                        self._json(e.status, {"error": e.message}, headers)
-                except Exception as e:  # pragma: no cover - a bug in the fake server must be visible
-                    self._json(500, {"error": f"Internal error ({type(e).__name__})"})
-
-            def do_GET(self):
-                self._dispatch("GET")
-
-            def do_HEAD(self):
-                self._dispatch("HEAD")
-
-            def do_POST(self):
-                self._dispatch("POST")
-
-            def do_PUT(self):
-                self._dispatch("PUT")
-
-            def do_DELETE(self):
-                self._dispatch("DELETE")
-
-            # -------------------------------------------------------------- routing
-            def _read_json(self) -> dict:
-                body = self._body()
-                try:
-                    obj = json.loads(body or b"{}")
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise _BadRequest(f"the body is not valid JSON ({e})") from None
-                if not isinstance(obj, dict):
-                    raise _BadRequest(f"expected a JSON object, got {type(obj).__name__}")
-                return obj
-
-            def _authorize(self, method: str, parts: list[str]) -> None:
-                if hub.token is None or parts[:1] == ["lfs-upload"]:  # uploads carry their own signature
-                    return
-                auth = self.headers.get("Authorization") or ""
-                given = auth[7:].strip() if auth.lower().startswith("bearer ") else None
-                if given is not None and not hmac.compare_digest(given.encode(), hub.token.encode()):
-                    if given == "":
-                        given = None
-                    else:
-                        status = 403 if method in ("POST", "PUT", "DELETE") else 401
-                        raise _HubError(status, "Invalid credentials in Authorization header.", "Unauthorized")
-                needs_token = method in ("POST", "PUT", "DELETE") or parts[:2] == ["api", "whoami-v2"]
-                if given is None and needs_token:
-                    raise _HubError(
-                        401, "Authentication required: send `Authorization: Bearer <token>`.", "Unauthorized"
-                    )
-
-            def _route(self, method: str):
-                url = urlsplit(self.path)
-                query = parse_qs(url.query)
-                parts = [p for p in url.path.split("/") if p != ""]
-                self._authorize(method, parts)
-                if parts[:1] == ["api"]:
-                    return self._api(method, parts[1:], query)
-                if parts[:1] == ["lfs-upload"] and method == "PUT":
-                    return self._lfs_upload(parts[1], query.get("signature", [""])[0])
-                repo_type = "model"
-                if parts and parts[0] in ("datasets", "spaces"):
-                    repo_type = _REPO_TYPES[parts[0]]
-                    parts = parts[1:]
-                if len(parts) >= 2 and parts[1].endswith(".git"):
-                    repo_id = _check_repo_id(parts[0], parts[1][:-4])
-                    if parts[2:] == ["info", "lfs", "objects", "batch"] and method == "POST":
-                        return self._lfs_batch(repo_type, repo_id)
-                if len(parts) >= 5 and parts[2] == "resolve" and method in ("GET", "HEAD"):
-                    repo_id = _check_repo_id(parts[0], parts[1])
-                    path = _check_path("/".join(map(unquote, parts[4:])))
-                    return self._resolve_file(method, repo_type, repo_id, parts[3], path)
-                raise _HubError(404, f"No route for {method} {url.path}", "EntryNotFound")
-
-            def _api(self, method: str, parts: list[str], query):
-                if parts == ["whoami-v2"]:
-                    return self._json(
-                        200,
-                        {
-                            "type": "user",
-                            "name": hub.user,
-                            "fullname": hub.user,
-                            "orgs": [],
-                            "auth": {"type": "access_token", "accessToken": {"role": "write"}},
-                        },
-                    )
-                if parts == ["validate-yaml"]:
-                    self._body()
-                    return self._json(200, {"errors": [], "warnings": []})
-                if parts == ["repos", "create"] and method == "POST":
-                    body = self._read_json()
-                    name, org = body.get("name"), body.get("organization")
-                    repo_type = body.get("type") or "model"
-                    if not name:
-                        raise _HubError(400, "Missing repository name.")
-                    if repo_type not in _URL_PREFIX:
-                        raise _HubError(400, f"Invalid repository type {repo_type!r}.")
-                    repo_id = _check_repo_id(org or hub.user, name)
-                    _, created = hub._create_repo(repo_type, repo_id)
-                    url = f"{hub.endpoint}/{_URL_PREFIX[repo_type]}{repo_id}"
-                    if not created:
-                        return self._json(409, {"error": "You already created this repo", "url": url})
-                    return self._json(200, {"url": url, "name": repo_id})
-                if parts == ["repos", "delete"] and method == "DELETE":
-                    body = self._read_json()
-                    repo_type = body.get("type") or "model"
-                    repo_id = _check_repo_id(body.get("organization") or hub.user, body["name"])
-                    with hub._lock:
-                        hub._get_repo(repo_type, repo_id)
-                        del hub._repos[(repo_type, repo_id)]
-                    return self._json(200, {})
-                if len(parts) >= 3 and parts[0] in _REPO_TYPES:
-                    repo_type = _REPO_TYPES[parts[0]]
-                    repo_id = _check_repo_id(unquote(parts[1]), unquote(parts[2]))
-                    rest = parts[3:]
-                    with hub._lock:
-                        repo = hub._get_repo(repo_type, repo_id)
-                    return self._repo_api(method, repo, rest, query)
-                raise _HubError(404, f"No API route /api/{'/'.join(parts)}", "EntryNotFound")
-
-            def _repo_api(self, method: str, repo: _Repo, rest: list[str], query):
-                if not rest or rest[0] == "revision":
-                    commit = hub._resolve(repo, rest[1] if len(rest) > 1 else "main")
-                    info = {
-                        "id": repo.repo_id,
-                        "_id": repo.repo_id,
-                        "sha": commit.sha,
-                        "private": False,
-                        "gated": False,
-                        "disabled": False,
-                        "author": repo.repo_id.split("/")[0],
-                        "lastModified": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date)),
-                        "createdAt": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(repo.created_at)),
-                        "siblings": [{"rfilename": p} for p in sorted(commit.files)],
-                        "tags": [],
-                        "downloads": 0,
-                        "likes": 0,
-                    }
-                    return self._json(200, info)
-                op = rest[0]
-                if op == "tree" and method == "GET":
-                    commit = hub._resolve(repo, rest[1])
-                    path = "/".join(unquote(p) for p in rest[2:]).strip("/")
-                    recursive = query.get("recursive", ["false"])[0].lower() in ("1", "true")
-                    return self._json(200, self._tree(commit, path, recursive))
-                if op == "paths-info" and method == "POST":
-                    commit = hub._resolve(repo, rest[1])
-                    form = parse_qs(self._body().decode())
-                    out = []
-                    for p in form.get("paths", []):
-                        p = p.strip("/")
-                        if p in commit.files:
-                            out.append(self._file_entry(p, commit.files[p]))
-                        elif any(f.startswith(p + "/") for f in commit.files) or p == "":
-                            out.append({"type": "directory", "oid": commit.sha, "size": 0, "path": p})
-                    return self._json(200, out)
-                if op == "refs" and method == "GET":
-
-                    def ref(kind, name, sha):
-                        return {"name": name, "ref": f"refs/{kind}/{name}", "targetCommit": sha}
-
-                    return self._json(
-                        200,
-                        {
-                            "branches": [ref("heads", n, s) for n, s in repo.branches.items()],
-                            "tags": [ref("tags", n, s) for n, s in repo.tags.items()],
-                            "converts": [],
-                            "pullRequests": [],
-                        },
-                    )
-                if op == "commits" and method == "GET":
-                    commit = hub._resolve(repo, rest[1])
-                    log = []
-                    while commit is not None:
-                        log.append(
-                            {
-                                "id": commit.sha,
-                                "title": commit.title,
-                                "message": commit.message,
-                                "authors": [{"user": hub.user}],
-                                "date": time.strftime("%Y-%m-%dT%H:%M:%S.000Z", time.gmtime(commit.date)),
-                            }
-                        )
-                        commit = repo.commits.get(commit.parent) if commit.parent else None
-                    return self._json(200, log)
-                if op == "preupload" and method == "POST":
-                    head = hub._resolve(repo, rest[1])
-                    body = self._read_json()
-                    files = []
-                    for f in body.get("files", []):
-                        _check_path(f["path"])
-                        lfs = f["path"].endswith(_LFS_SUFFIXES) or int(f.get("size", 0)) >= _LFS_MIN_SIZE
-                        existing = head.files.get(f["path"])
-                        oid = None
-                        if existing is not None:
-                            oid = existing.content_key if existing.lfs else existing.git_oid
-                        files.append(
-                            {
-                                "path": f["path"],
-                                "uploadMode": "lfs" if lfs else "regular",
-                                "shouldIgnore": False,
-                                "oid": oid,
-                            }
-                        )
-                    return self._json(200, {"files": files, "commitOid": head.sha})
-                if op == "commit" and method == "POST":
-                    lines = []
-                    for n, line in enumerate(self._body().splitlines()):
-                        if not line.strip():
-                            continue
-                        try:
-                            item = json.loads(line)
-                        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                            raise _BadRequest(f"commit line {n + 1} is not valid JSON ({e})") from None
-                        if not isinstance(item, dict) or not isinstance(item.get("value", {}), dict):
-                            raise _BadRequest(f"commit line {n + 1} is not an object with a `value` object")
-                        lines.append(item)
-                    commit = hub._apply_commit(repo, rest[1], lines)
-                    url = f"{hub.endpoint}/{_URL_PREFIX[repo.repo_type]}{repo.repo_id}/commit/{commit.sha}"
-                    return self._json(200, {"commitUrl": url, "commitOid": commit.sha, "pullRequestUrl": None})
-                if op == "branch" and len(rest) == 2:
-                    name = unquote(rest[1])
-                    with hub._lock:
-                        if method == "POST":
-                            body = self._read_json()
-                            if name in repo.branches:
-                                raise _HubError(409, f"Branch {name!r} already exists.")
-                            start = hub._resolve(repo, body.get("startingPoint") or "main")
-                            repo.branches[name] = start.sha
-                            return self._json(200, {})
-                        if method == "DELETE":
-                            if name not in repo.branches:
-                                raise _HubError(404, f"Branch {name!r} not found.", "RevisionNotFound")
-                            del repo.branches[name]
-                            return self._json(200, {})
-                if op == "tag" and len(rest) == 2:
-                    with hub._lock:
-                        if method == "POST":
-                            body = self._read_json()
-                            tag = body["tag"]
-                            if tag in repo.tags:
-                                raise _HubError(409, f"Tag {tag!r} already exists.")
-                            repo.tags[tag] = hub._resolve(repo, rest[1]).sha
-                            return self._json(200, {})
-                        if method == "DELETE":
-                            repo.tags.pop(unquote(rest[1]), None)
-                            return self._json(200, {})
-                raise _HubError(404, f"No API route for {method} {'/'.join(rest)}", "EntryNotFound")
-
-            # -------------------------------------------------------------- listings
-            def _file_entry(self, path: str, f: _File) -> dict:
-                entry = {"type": "file", "oid": f.git_oid, "size": f.size, "path": path}
-                if f.lfs:
-                    entry["lfs"] = {"oid": f.content_key, "size": f.size, "pointerSize": 134}
-                return entry
-
-            def _tree(self, commit: _Commit, path: str, recursive: bool) -> list[dict]:
-                prefix = path + "/" if path else ""
-                if path and path in commit.files:
-                    return [self._file_entry(path, commit.files[path])]
-                out, dirs = [], set()
-                for p, f in sorted(commit.files.items()):
-                    if not p.startswith(prefix):
-                        continue
-                    rel = p[len(prefix) :]
-                    if "/" in rel:
-                        parts = rel.split("/")
-                        for i in range(1, (len(parts) if recursive else 1) + 1):
-                            d = prefix + "/".join(parts[:i])
-                            if d not in dirs and d != p:
-                                dirs.add(d)
-                                out.append({"type": "directory", "oid": commit.sha, "size": 0, "path": d})
-                        if not recursive:
-                            continue
-                    out.append(self._file_entry(p, f))
-                if path and not out:
-                    raise _HubError(404, f"{path!r} does not exist at this revision.", "EntryNotFound")
-                return out
-
-            # -------------------------------------------------------------- files
-            def _resolve_file(self, method: str, repo_type: str, repo_id: str, revision: str, path: str):
-                with hub._lock:
-                    repo = hub._get_repo(repo_type, repo_id)
-                    commit = hub._resolve(repo, revision)
-                    f = commit.files.get(path)
-                    if f is None:
-                        raise _HubError(404, f"Entry {path!r} not found in {repo_id}@{revision}.", "EntryNotFound")
-                    content = hub._blobs[f.content_key]
-                headers = {"X-Repo-Commit": commit.sha, "Accept-Ranges": "bytes"}
-                if f.lfs:
-                    # the real Hub's ETag of an LFS file is its sha256, which clients use to check the download
-                    headers.update(
-                        {
-                            "ETag": f'"{f.content_key}"',
-                            "X-Linked-Etag": f'"{f.content_key}"',
-                            "X-Linked-Size": str(f.size),
-                        }
-                    )
-                else:
-                    headers["ETag"] = f'"{f.git_oid}"'
-                status = 200
-                rng = self.headers.get("Range")
-                if rng and rng.startswith("bytes=") and method == "GET":
-                    start_s, _, end_s = rng[6:].partition("-")
-                    start = int(start_s) if start_s else max(0, len(content) - int(end_s))
-                    end = int(end_s) if (end_s and start_s) else len(content) - 1
-                    end = min(end, len(content) - 1)
-                    if start > end and len(content) > 0:
-                        return self._send(416, b"", {"Content-Range": f"bytes */{len(content)}"})
-                    headers["Content-Range"] = f"bytes {start}-{end}/{len(content)}"
-                    content = content[start : end + 1]
-                    status = 206
-                headers["Content-Length"] = str(len(content))
-                self._send(status, content, headers, head_only=(method == "HEAD"))
-
-            def _lfs_batch(self, repo_type: str, repo_id: str):
-                with hub._lock:
-                    hub._get_repo(repo_type, repo_id)
-                body = self._read_json()
-                objects = []
-                for obj in body.get("objects", []):
-                    oid = obj["oid"]
-                    if not isinstance(oid, str) or not re.fullmatch(r"[0-9a-f]{64}", oid):
-                        raise _BadRequest(f"LFS oid {oid!r} is not a sha256 hex digest")
-                    entry = {"oid": oid, "size": obj["size"]}
-                    if oid not in hub._blobs:
-                        href = f"{hub.endpoint}/lfs-upload/{oid}?signature={hub._sign_upload(oid)}"
-                        entry["actions"] = {"upload": {"href": href, "header": {}}}
-                    objects.append(entry)
-                self._json(
-                    200, {"transfer": "basic", "objects": objects}, {"Content-Type": "application/vnd.git-lfs+json"}
-                )
-
-            def _lfs_upload(self, oid: str, signature: str):
-                if not hmac.compare_digest(signature.encode(), hub._sign_upload(oid).encode()):
-                    raise _HubError(
-                        403,
-                        "LFS uploads need the signed URL returned by the LFS batch API (an authenticated request).",
-                        "Unauthorized",
-                    )
-                data = self._body()
-                digest = hashlib.sha256(data).hexdigest()
-                if digest != oid:
-                    raise _HubError(400, f"LFS upload for {oid} has sha256 {digest}: content corrupted in transit.")
-                with hub._lock:
-                    hub._blobs[oid] = data
-                self._send(200)
-
-        return Handler

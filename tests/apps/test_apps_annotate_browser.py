@@ -11,32 +11,15 @@ from _browser import (
     artifacts_dir,
     browser_test,
     record_values,
-    slow_machine_timeouts,
     watch_console,
     watch_stream_messages,
 )
+from _cpu_training import cpu_training_args
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
 
 QUESTION_4 = "How many shapes are there?"
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    from _browser import CHROMIUM
-
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True}
-
-
-@pytest.fixture
-def context(context):
-    import re
-
-    # nothing leaves the machine: off-machine requests fail at once instead of hanging
-    context.route(re.compile(r"^https?://(?!(127\.0\.0\.1|localhost)[:/])"), lambda r: r.abort())
-    slow_machine_timeouts(context)
-    return context
 
 
 def _make_images(folder):
@@ -84,12 +67,12 @@ def test_annotation_round_trip_kill_and_resume(page, tmp_path):
     from playwright.sync_api import expect
 
     from dataset_builders.rlhf_v import load_rlhf_v
-    from hf_ext.testing import save_tiny_vlm
+    from hf_ext.testing import save_tiny_muffin
 
     shots = artifacts_dir(tmp_path)
     images = tmp_path / "images"
     _make_images(images)
-    model_dir = save_tiny_vlm(tmp_path / "model")
+    model_dir = save_tiny_muffin(tmp_path / "model")
     expected = _expected_answers(model_dir, images)
     out = tmp_path / "pairs.parquet"
     app = AppProcess(
@@ -206,17 +189,8 @@ def test_annotation_round_trip_kill_and_resume(page, tmp_path):
     model = AutoModelForImageTextToText.from_pretrained(model_dir)
     processor = AutoProcessor.from_pretrained(model_dir)
     args = DenseDPOConfig(
-        output_dir=str(tmp_path / "ddpo"),
-        per_device_train_batch_size=3,
-        max_steps=1,
-        learning_rate=1e-3,
+        **cpu_training_args(tmp_path / "ddpo", per_device_train_batch_size=3, max_steps=1, learning_rate=1e-3),
         dense_gamma=5.0,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        save_strategy="no",
         max_length=None,
     )
     before = model.model.query.detach().clone()

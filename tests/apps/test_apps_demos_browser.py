@@ -6,24 +6,10 @@ import re
 
 import pytest
 import torch
-from _browser import artifacts_dir, browser_test, slow_machine_timeouts, watch_console, watch_stream_messages
+from _browser import artifacts_dir, browser_test, watch_console, watch_stream_messages
 from PIL import Image
 
 pytestmark = [browser_test, pytest.mark.slow]
-
-
-@pytest.fixture(scope="session")
-def browser_type_launch_args(browser_type_launch_args):
-    from _browser import CHROMIUM
-
-    return {**browser_type_launch_args, "executable_path": CHROMIUM, "headless": True}
-
-
-@pytest.fixture
-def context(context):
-    context.route(re.compile(r"^https?://(?!(127\.0\.0\.1|localhost)[:/])"), lambda r: r.abort())
-    slow_machine_timeouts(context)
-    return context
 
 
 @pytest.fixture
@@ -60,9 +46,9 @@ def test_chat_app(page, tmp_path, serve):
 
     from hf_ext.apps._common import load_vlm, stream_generate
     from hf_ext.apps.demos import load_app
-    from hf_ext.testing import save_tiny_vlm
+    from hf_ext.testing import save_tiny_muffin
 
-    model_dir = save_tiny_vlm(tmp_path / "chat", model_type="viscpm_chat")
+    model_dir = save_tiny_muffin(tmp_path / "chat", model_type="viscpm_chat")
     picture = tmp_path / "red.png"
     Image.new("RGB", (48, 40), (220, 40, 40)).save(picture)
     # the reply computed outside the app
@@ -132,10 +118,10 @@ def test_poetry_app(page, tmp_path, serve):
 def test_paint_app(page, tmp_path, serve, kind):
     from playwright.sync_api import expect
 
+    from hf_ext import testing
     from hf_ext.apps.demos import _load_pipeline, load_app
-    from hf_ext.testing import save_tiny_paint
 
-    model_dir = save_tiny_paint(tmp_path / kind, kind)
+    model_dir = getattr(testing, f"save_tiny_{kind}_pipeline")(tmp_path / kind)
     pipe = _load_pipeline(str(model_dir))
     want = pipe(
         "a red cat",

@@ -46,7 +46,8 @@ def _muffin_inputs(processor) -> dict:
 
 
 def _build_beit3():
-    from hf_ext.models.beit3 import Beit3Model, tiny_beit3_config
+    from hf_ext.models.beit3 import Beit3Model
+    from hf_ext.testing import tiny_beit3_config
 
     model = Beit3Model(tiny_beit3_config()).eval()
     inputs = {"pixel_values": torch.randn(1, 3, 32, 32)}
@@ -54,50 +55,21 @@ def _build_beit3():
 
 
 def _build_jiuge():
-    from hf_ext.models.jiuge import JiugeConfig, JiugeForCausalLM, JiugeTokenizer
+    from hf_ext.testing import tiny_jiuge, tiny_jiuge_tokenizer
 
-    tokenizer = JiugeTokenizer.from_corpus(
-        ["白日依山尽，黄河入海流。欲穷千里目，更上一层楼。", "登鹳雀楼", "五言绝句"]
-    )
-    config = JiugeConfig.from_tokenizer(tokenizer, n_embd=32, n_layer=2, n_head=2, n_positions=64)
-    torch.manual_seed(0)
-    model = JiugeForCausalLM(config).eval()
+    tokenizer = tiny_jiuge_tokenizer()
     inputs = {"input_ids": tokenizer("白日依山尽", return_tensors="pt")["input_ids"]}
-    return model, tokenizer, inputs, "AutoModelForCausalLM", "logits"
+    return tiny_jiuge(tokenizer), tokenizer, inputs, "AutoModelForCausalLM", "logits"
 
 
-def _vae_config(config_cls, **extra):
-    return config_cls(
-        vocab_size=40,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=48,
-        latent_size=6,
-        latent_lmf_rank=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        **extra,
-    )
+def _build_text_vae(model_type: str):
+    from hf_ext.testing import tiny_bpe_tokenizer, tiny_text_vae
 
-
-def _build_della():
-    from hf_ext.models.della import DellaConfig, DellaForCausalLM
-
-    torch.manual_seed(0)
-    model = DellaForCausalLM(_vae_config(DellaConfig)).eval()
-    ids = torch.randint(2, 40, (2, 10), generator=torch.Generator().manual_seed(0))
-    return model, None, {"input_ids": ids, "labels": ids.clone()}, "AutoModelForCausalLM", "logits"
-
-
-def _build_trace():
-    from hf_ext.models.trace import TraceConfig, TraceForCausalLM
-
-    torch.manual_seed(0)
-    model = TraceForCausalLM(_vae_config(TraceConfig, separator_token_ids=[3], max_segments=8)).eval()
-    ids = torch.randint(4, 40, (2, 12), generator=torch.Generator().manual_seed(0))
-    ids[:, 4] = 3
+    tokenizer = tiny_bpe_tokenizer()
+    model = tiny_text_vae(model_type, tokenizer)
+    ids = torch.randint(3, len(tokenizer), (2, 12), generator=torch.Generator().manual_seed(0))
+    if model_type == "trace":
+        ids[:, 4] = model.config.separator_token_ids[0]  # two segments
     return model, None, {"input_ids": ids, "labels": ids.clone()}, "AutoModelForCausalLM", "logits"
 
 
@@ -140,8 +112,8 @@ def _build_cpmbee():
 BUILDERS = {
     "cpmbee": _build_cpmbee,
     "elv_predictor": _build_elv_predictor,
-    "della": _build_della,
-    "trace": _build_trace,
+    "della": lambda: _build_text_vae("della"),
+    "trace": lambda: _build_text_vae("trace"),
     "jiuge": _build_jiuge,
     "muffin": lambda: _build_muffin("muffin"),
     "viscpm_chat": lambda: _build_muffin("viscpm_chat"),
@@ -290,11 +262,10 @@ def test_trainer_pushes_checkpoints_and_card(local_hub, tmp_path):
     from huggingface_hub import ModelCard
     from transformers import AutoModelForCausalLM
 
-    from hf_ext.models.della import DellaConfig, DellaForCausalLM
+    from hf_ext.testing import tiny_text_vae
     from hf_ext.trainers.text_vae import TextVAEConfig, TextVAETrainer
 
-    torch.manual_seed(0)
-    model = DellaForCausalLM(_vae_config(DellaConfig))
+    model = tiny_text_vae("della")
     g = torch.Generator().manual_seed(0)
     data = Dataset.from_list([{"input_ids": torch.randint(2, 40, (8,), generator=g).tolist()} for _ in range(8)])
     repo = _repo("della-run")
@@ -428,19 +399,13 @@ def test_builder_output_round_trip(name, local_hub, tmp_path):
 
 def test_dense_dpo_lora_adapter_round_trip(local_hub, tmp_path):
     """A LoRA adapter trained by DenseDPOTrainer, pushed, and loaded onto the base model with PEFT."""
-    from _dense_dpo_helpers import base_args, text_dataset, tiny_gpt2, tiny_tokenizer
-    from peft import LoraConfig, PeftModel
+    from _dense_dpo_helpers import lora_trainer
+    from peft import PeftModel
 
-    from hf_ext import DenseDPOConfig, DenseDPOTrainer
+    from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 
-    tok = tiny_tokenizer()
-    trainer = DenseDPOTrainer(
-        model=tiny_gpt2(tok),
-        args=DenseDPOConfig(**base_args(tmp_path), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),
-        train_dataset=text_dataset(),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True),
-    )
+    tok = tiny_bpe_tokenizer()
+    trainer = lora_trainer(tmp_path, tok)
     trainer.train()
     repo = _repo("dense-dpo-lora")
     trainer.model.push_to_hub(repo)

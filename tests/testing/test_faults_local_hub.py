@@ -50,7 +50,7 @@ def test_invalid_repo_names_are_refused(hub, name):
     r = _create(hub, name)
     assert r.status_code == 400, (name, r.status_code, r.text)
     assert "error" in r.json()
-    assert all("/.." not in repo_id for _, repo_id in hub._repos)
+    assert all("/.." not in repo_id for repo_id in hub.repo_ids())
 
 
 def test_valid_repo_names_are_accepted(hub):
@@ -74,7 +74,7 @@ def test_token_is_enforced(hub):
     r = requests.post(f"{hub.endpoint}/api/repos/create", json={"name": "tok"}, timeout=10)
     assert r.status_code == 401 and "Authentication required" in r.json()["error"]
     assert _create(hub, "tok", token="hf_wrong").status_code == 403
-    assert ("model", "hf-ext-tester/tok") not in hub._repos
+    assert "hf-ext-tester/tok" not in hub.repo_ids("model")
     assert _create(hub, "tok").status_code == 200
     # reads of a public repo need no token, but a wrong one is refused
     url = f"{hub.endpoint}/api/models/hf-ext-tester/tok"
@@ -113,7 +113,7 @@ def test_anonymous_lfs_upload_is_refused(hub):
     oid = hashlib.sha256(data).hexdigest()
     r = requests.put(f"{hub.endpoint}/lfs-upload/{oid}", data=data, timeout=10)
     assert r.status_code == 403
-    assert oid not in hub._blobs
+    assert hub.stored_object(oid) is None
     # the batch API (authenticated) hands out a signed URL that works
     _create(hub, "lfs")
     batch = requests.post(
@@ -124,7 +124,7 @@ def test_anonymous_lfs_upload_is_refused(hub):
     )
     href = batch.json()["objects"][0]["actions"]["upload"]["href"]
     assert requests.put(href, data=data, timeout=10).status_code == 200
-    assert hub._blobs[oid] == data
+    assert hub.stored_object(oid) == data
     other = hashlib.sha256(b"other").hexdigest()
     assert requests.put(href.replace(oid, other), data=b"other", timeout=10).status_code == 403
     # and the batch call itself needs the token

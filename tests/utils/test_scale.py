@@ -342,8 +342,8 @@ def test_lora_dense_dpo_on_int8_muffin(tmp_path):
     pytest.importorskip("torchao")
     # hf_ext's trainers before peft: on main, `import hf_ext; from peft import LoraConfig` is a circular import
     from hf_ext import DenseDPOConfig, DenseDPOTrainer  # isort: skip
+    from _muffin_data import CHOSEN, REJECTED, preference_dataset
     from peft import LoraConfig
-    from test_muffin_trl import CHOSEN, REJECTED, _dataset
     from transformers import AutoModelForImageTextToText
 
     from hf_ext.testing import tiny_muffin
@@ -369,7 +369,7 @@ def test_lora_dense_dpo_on_int8_muffin(tmp_path):
             save_strategy="no",
             dense_gamma=2.0,
         ),
-        train_dataset=_dataset(2, extra),
+        train_dataset=preference_dataset(2, extra),
         processing_class=processor,
         peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], lora_dropout=0.0),
     )

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_ext.models.beit3 import Beit3Config, Beit3Model, tiny_beit3_config
+from hf_ext.models.beit3 import Beit3Config, Beit3Model
+from hf_ext.testing import tiny_beit3_config
 
 
 @pytest.fixture(scope="module")

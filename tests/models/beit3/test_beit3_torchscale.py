@@ -15,8 +15,9 @@ import types
 import pytest
 import torch
 
-from hf_ext.models.beit3 import Beit3Model, tiny_beit3_config
+from hf_ext.models.beit3 import Beit3Model
 from hf_ext.models.muffin.convert_muffin_original_to_hf import convert_beit3_key
+from hf_ext.testing import tiny_beit3_config
 
 pytest.importorskip("fairscale", reason="torchscale imports fairscale (`make install` installs it)")
 if importlib.util.find_spec("torchscale") is None:

@@ -19,6 +19,7 @@ from hf_ext.models.jiuge import (
     split_lines,
     weighted_lm_loss,
 )
+from hf_ext.testing import tiny_jiuge
 
 CORPUS = [
     "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
@@ -52,13 +53,6 @@ def tokenizer():
 @pytest.fixture(scope="module")
 def ci_forms():
     return learn_ci_forms([("浣溪沙", b) for b in HUANXISHA], min_count=2)
-
-
-def tiny_model(tokenizer, **kwargs):
-    torch.manual_seed(0)
-    kwargs.setdefault("n_positions", 128)
-    config = JiugeConfig.from_tokenizer(tokenizer, n_embd=32, n_layer=2, n_head=2, **kwargs)
-    return JiugeForCausalLM(config).eval()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -182,7 +176,7 @@ def test_form_stressed_weights_by_hand(tokenizer):
 
 
 def test_weighted_loss_equals_hand_computation(tokenizer):
-    model = tiny_model(tokenizer, line_end_weight=2.0, sentence_end_weight=2.0, eos_weight=3.0, prompt_weight=1.0)
+    model = tiny_jiuge(tokenizer, line_end_weight=2.0, sentence_end_weight=2.0, eos_weight=3.0, prompt_weight=1.0)
     ids = tokenizer(format_sample("五言绝句", "春晓", CORPUS[1])).input_ids
     input_ids = torch.tensor([ids])
     labels = input_ids.clone()
@@ -209,7 +203,7 @@ def test_weighted_loss_equals_hand_computation(tokenizer):
 
 
 def test_without_weighting_loss_is_gpt2_loss(tokenizer):
-    model = tiny_model(tokenizer, use_form_weighting=False)
+    model = tiny_jiuge(tokenizer, use_form_weighting=False)
     peer = GPT2LMHeadModel(model.config)
     peer.load_state_dict(model.state_dict())
     peer.eval()
@@ -226,7 +220,7 @@ def test_without_weighting_loss_is_gpt2_loss(tokenizer):
 
 
 def test_loss_weights_argument_overrides_and_gradient_flows(tokenizer):
-    model = tiny_model(tokenizer).train()
+    model = tiny_jiuge(tokenizer).train()
     ids = torch.tensor([tokenizer(format_sample("五言绝句", "春晓", CORPUS[1])).input_ids])
     ones = torch.ones_like(ids, dtype=torch.float)
     out = model(input_ids=ids, labels=ids, loss_weights=ones)
@@ -239,7 +233,7 @@ def test_loss_weights_argument_overrides_and_gradient_flows(tokenizer):
 
 
 def test_forward_contract_return_dict_inputs_embeds_shift_labels(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_jiuge(tokenizer)
     ids = torch.tensor([tokenizer(format_sample("五言绝句", "春晓", CORPUS[1])).input_ids])
     labels = ids.clone()
     labels[0, :3] = -100
@@ -263,11 +257,11 @@ def test_forward_contract_return_dict_inputs_embeds_shift_labels(tokenizer):
 
 
 def test_write_poem_rejects_bad_num_poems_and_forms_longer_than_the_context(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_jiuge(tokenizer)
     for bad in (0, -2, 1.5, True):
         with pytest.raises(ValueError, match=r"num_poems must be an integer >= 1, got"):
             model.write_poem("五言绝句", "春", tokenizer=tokenizer, num_poems=bad)
-    short = tiny_model(tokenizer, n_positions=32)  # 七言律诗: 64 characters + [EOS] after the prompt
+    short = tiny_jiuge(tokenizer, n_positions=32)  # 七言律诗: 64 characters + [EOS] after the prompt
     prompt_length = len(tokenizer(format_sample("七言律诗", "春")).input_ids)
     needed = BUILTIN_FORMS["七言律诗"].body_length + 1
     with pytest.raises(
@@ -300,7 +294,7 @@ def test_processor_state_machine_by_hand(tokenizer):
 
 @pytest.mark.parametrize("form_name", [*BUILTIN_FORMS, "浣溪沙"])
 def test_every_form_is_guaranteed_by_constrained_decoding(tokenizer, ci_forms, form_name):
-    model = tiny_model(tokenizer, ci_forms={k: v.to_dict() for k, v in ci_forms.items()})
+    model = tiny_jiuge(tokenizer, ci_forms={k: v.to_dict() for k, v in ci_forms.items()})
     model.set_tokenizer(tokenizer)
     form = model.get_form(form_name)
     torch.manual_seed(1)
@@ -314,7 +308,7 @@ def test_every_form_is_guaranteed_by_constrained_decoding(tokenizer, ci_forms, f
 
 
 def test_batched_prompts_with_different_forms_and_left_padding(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_jiuge(tokenizer)
     forms = [BUILTIN_FORMS["五言绝句"], BUILTIN_FORMS["七言对联"]]
     tokenizer.padding_side = "left"
     try:
@@ -338,7 +332,7 @@ def test_batched_prompts_with_different_forms_and_left_padding(tokenizer):
 
 
 def test_unconstrained_generation_stops_at_eos_and_errors(tokenizer):
-    model = tiny_model(tokenizer)
+    model = tiny_jiuge(tokenizer)
     body = model.write_poem("五言绝句", "春", tokenizer=tokenizer, constrained=False, do_sample=False)
     assert isinstance(body, str)
     # independent: a greedy loop over full forward passes up to [EOS] or the default limit, 2 x (body + [EOS])
@@ -383,7 +377,7 @@ def test_unconstrained_generation_stops_at_eos_and_errors(tokenizer):
 
 
 def test_auto_classes_round_trip_and_write_poem_loads_tokenizer(tokenizer, ci_forms, tmp_path):
-    model = tiny_model(tokenizer, ci_forms={k: v.to_dict() for k, v in ci_forms.items()})
+    model = tiny_jiuge(tokenizer, ci_forms={k: v.to_dict() for k, v in ci_forms.items()})
     model.save_pretrained(tmp_path)
     tokenizer.save_pretrained(tmp_path)
     assert type(AutoConfig.from_pretrained(tmp_path)) is JiugeConfig
@@ -408,7 +402,7 @@ def test_trainer_trains_with_the_weighted_loss(tokenizer, tmp_path):
     from datasets import Dataset
     from transformers import DataCollatorForLanguageModeling, Trainer, TrainingArguments
 
-    model = tiny_model(tokenizer).train()
+    model = tiny_jiuge(tokenizer).train()
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     texts = [format_sample("五言绝句", "春晓", CORPUS[1]), format_sample("浣溪沙", "", HUANXISHA[0])] * 4
     data = Dataset.from_dict({"text": texts}).map(lambda b: tokenizer(b["text"]), batched=True, remove_columns="text")

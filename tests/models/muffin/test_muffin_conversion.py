@@ -128,10 +128,9 @@ def test_convert_checkpoint_folder_end_to_end(tiny, tmp_path):
         torch.testing.assert_close(loaded(**enc).logits, model(**enc).logits, rtol=0, atol=0)
 
 
-def test_viscpm_chat_bridge_mapping():
-    model, _ = tiny_muffin(model_type="viscpm_chat")
-    sd = model.state_dict()
-    original = {"llm.input_embedding.weight": torch.ones(3, 2), "vpm.mim_head.weight": torch.ones(2, 2)}
+def _original_viscpm_chat_bridge(sd: dict) -> dict:
+    """The bridge of a VisCPM-Chat state dict (BEiT-3, queries, 2-layer projector) under the original's names."""
+    original = {}
     for k, v in sd.items():
         if k.startswith("model.vision_tower."):
             original["vpm.beit3." + _to_original_muffin_key(k)[len("model.vision_tower.beit3.") :]] = v
@@ -139,6 +138,17 @@ def test_viscpm_chat_bridge_mapping():
     for i, j in ((0, 1), (2, 2)):
         for p in ("weight", "bias"):
             original[f"mapping.{i}.{p}"] = sd[f"model.multi_modal_projector.linear_{j}.{p}"]
+    return original
+
+
+def test_viscpm_chat_bridge_mapping():
+    model, _ = tiny_muffin(model_type="viscpm_chat")
+    sd = model.state_dict()
+    original = {
+        "llm.input_embedding.weight": torch.ones(3, 2),
+        "vpm.mim_head.weight": torch.ones(2, 2),
+        **_original_viscpm_chat_bridge(sd),
+    }
     converted, dropped = convert_viscpm_chat_state_dict(original)
     assert sorted(dropped) == ["llm.input_embedding.weight", "vpm.mim_head.weight"]
     bridge = {k: v for k, v in sd.items() if not k.startswith(("model.language_model.", "lm_head."))}
@@ -155,14 +165,7 @@ def test_viscpm_chat_converter_end_to_end(tmp_path):
 
     bridge_model, _ = tiny_muffin(model_type="viscpm_chat")
     sd = bridge_model.state_dict()
-    original = {"llm.encoder.layers.0.weight": torch.ones(2)}
-    for k, v in sd.items():
-        if k.startswith("model.vision_tower."):
-            original["vpm.beit3." + _to_original_muffin_key(k)[len("model.vision_tower.beit3.") :]] = v
-    original["query"] = sd["model.query"]
-    for i, j in ((0, 1), (2, 2)):
-        for p in ("weight", "bias"):
-            original[f"mapping.{i}.{p}"] = sd[f"model.multi_modal_projector.linear_{j}.{p}"]
+    original = {"llm.encoder.layers.0.weight": torch.ones(2), **_original_viscpm_chat_bridge(sd)}
     torch.save(original, tmp_path / "pytorch_model.bin")
     # the pivot LLM: a tiny transformers Llama whose tokenizer lacks the image tokens (the converter adds them)
     tok = tiny_bpe_tokenizer()

@@ -8,28 +8,10 @@ import copy
 import numpy as np
 import pytest
 import torch
-from datasets import Dataset
-from PIL import Image
+from _cpu_training import cpu_training_args
+from _muffin_data import CHOSEN, PROMPT, REJECTED, preference_dataset, random_image
 
 from hf_ext.testing import tiny_muffin
-
-PROMPT, CHOSEN, REJECTED = "what is in the image ?", "a red square .", "a blue circle ."
-
-
-def _image():
-    rng = np.random.default_rng(0)
-    return Image.fromarray(rng.integers(0, 256, (30, 40, 3), dtype=np.uint8))
-
-
-def _dataset(n=2, extra=None):
-    row = {
-        "images": [_image()],
-        "prompt": [{"role": "user", "content": PROMPT}],
-        "chosen": [{"role": "assistant", "content": CHOSEN}],
-        "rejected": [{"role": "assistant", "content": REJECTED}],
-    }
-    row.update(extra or {})
-    return Dataset.from_list([row] * n)
 
 
 def _reference_logps(model, processor, completion):
@@ -39,7 +21,7 @@ def _reference_logps(model, processor, completion):
     prompt = processor.apply_chat_template(msgs, add_generation_prompt=True)
     full = processor.apply_chat_template(msgs + [{"role": "assistant", "content": completion}])
     assert full.startswith(prompt)
-    enc = processor(images=[_image()], text=prompt, return_tensors="pt", add_special_tokens=False)
+    enc = processor(images=[random_image()], text=prompt, return_tensors="pt", add_special_tokens=False)
     comp = processor.tokenizer(full[len(prompt) :], add_special_tokens=False, return_tensors="pt")["input_ids"]
     ids = torch.cat([enc["input_ids"], comp], 1)
     with torch.no_grad():
@@ -51,19 +33,7 @@ def _reference_logps(model, processor, completion):
 
 
 def _args(cls, tmp_path, **kw):
-    return cls(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=1,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        report_to="none",
-        logging_steps=1,
-        learning_rate=1e-3,
-        save_strategy="no",
-        **kw,
-    )
+    return cls(**cpu_training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, learning_rate=1e-3, **kw))
 
 
 def test_trl_dpo_trainer_logps_and_update(tmp_path):
@@ -77,7 +47,7 @@ def test_trl_dpo_trainer_logps_and_update(tmp_path):
         model=model,
         ref_model=copy.deepcopy(model),
         args=_args(DPOConfig, tmp_path),
-        train_dataset=_dataset(1),
+        train_dataset=preference_dataset(1),
         processing_class=processor,
     )
     trainer.train()
@@ -107,7 +77,7 @@ def test_dense_dpo_trainer_trains_muffin(tmp_path):
         model=model,
         ref_model=copy.deepcopy(model),
         args=_args(dense.DenseDPOConfig, tmp_path, dense_gamma=1.0),
-        train_dataset=_dataset(1, extra),
+        train_dataset=preference_dataset(1, extra),
         processing_class=processor,
     )
     before = model.model.query.detach().clone()
@@ -132,7 +102,7 @@ def test_trl_dpo_with_per_row_template_on_the_default_processor(tmp_path):
         model=model,
         ref_model=copy.deepcopy(model),
         args=_args(DPOConfig, tmp_path),
-        train_dataset=_dataset(1, {"chat_template_kwargs": {"chat_template": "muffin_v0"}}),
+        train_dataset=preference_dataset(1, {"chat_template_kwargs": {"chat_template": "muffin_v0"}}),
         processing_class=processor,
     )
     trainer.train()

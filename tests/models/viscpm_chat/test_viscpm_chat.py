@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _cpu_training import cpu_training_args
 from datasets import Dataset
 from PIL import Image
 
@@ -75,15 +76,7 @@ def test_stage1_sft_trainer_freezes_llm_and_loss_matches(tmp_path):
         for i in range(2)
     ]
     args = SFTConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=1,
-        max_steps=1,
-        use_cpu=True,
-        bf16=False,
-        report_to="none",
-        logging_steps=1,
-        learning_rate=1e-2,
-        save_strategy="no",
+        **cpu_training_args(tmp_path, per_device_train_batch_size=1, max_steps=1, learning_rate=1e-2),
         assistant_only_loss=True,
         max_length=None,
         shuffle_dataset=False,

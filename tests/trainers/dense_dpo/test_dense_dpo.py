@@ -13,10 +13,11 @@ from unittest import mock
 import pytest
 import torch
 import torch.nn.functional as F
-from _dense_dpo_helpers import base_args, perturbed, text_dataset, tiny_gpt2, tiny_tokenizer, token_logps
+from _dense_dpo_helpers import base_args, lora_trainer, perturbed, text_dataset, token_logps
 from trl import DPOConfig, DPOTrainer
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2, tiny_llava
 from hf_ext.trainers.dense_dpo import DataCollatorForDensePreference, correction_weights
 from hf_ext.trainers.dense_dpo.weights import span_token_mask
 
@@ -109,42 +110,57 @@ def _grads(model):
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
-    tok = tiny_tokenizer()
-    model = tiny_gpt2(tok)
-    ref = perturbed(model)
-    ds = text_dataset()
-    trl_trainer = DPOTrainer(
+def _on_copies(trainer_class, model, ref, args, dataset, processing_class):
+    """`trainer_class` on deep copies of `model` and `ref` (the originals stay as they are for the next trainer)."""
+    return trainer_class(
         model=copy.deepcopy(model),
         ref_model=copy.deepcopy(ref),
-        args=DPOConfig(**base_args(tmp_path / "trl")),
-        train_dataset=ds,
-        processing_class=tok,
+        args=args,
+        train_dataset=dataset,
+        processing_class=processing_class,
     )
-    dense = DenseDPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DenseDPOConfig(**base_args(tmp_path / "dense"), dense_gamma=1.0, dense_normalize=False),
-        train_dataset=ds,
-        processing_class=tok,
-    )
-    rows = [trl_trainer.train_dataset[i] for i in range(4)]
-    trl_batch = trl_trainer.data_collator(rows)
-    dense_batch = dense.data_collator([dense.train_dataset[i] for i in range(4)])
-    assert torch.equal(trl_batch["input_ids"], dense_batch["input_ids"])
-    # the pairs do contain corrections: γ = 1 must still reduce to plain DPO
-    assert dense_batch["corrected_mask"].any()
 
+
+def _first_rows(trainer, n: int) -> dict:
+    """The collated batch of the trainer's first `n` training rows."""
+    return trainer.data_collator([trainer.train_dataset[i] for i in range(n)])
+
+
+def _loss(trainer, batch) -> float:
+    """The trainer's loss on `batch`, without gradients."""
+    with torch.no_grad():
+        return trainer.compute_loss(trainer.model, dict(batch)).item()
+
+
+def _assert_same_loss_and_grads(trl_trainer, trl_batch, dense, dense_batch):
+    """One forward and backward each: dense DPO's loss and every gradient equal TRL's. Returns TRL's loss and grads."""
     trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
     trl_loss.backward()
     dense_loss = dense.compute_loss(dense.model, dense_batch)
     dense_loss.backward()
-    assert abs(trl_loss.item() - math.log(2)) > 1e-4  # the reference differs from the policy
     assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
     g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
     assert g_trl.keys() == g_dense.keys() and g_trl
     for name in g_trl:
         torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
+    return trl_loss.item(), g_trl
+
+
+def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
+    tok = tiny_bpe_tokenizer()
+    model = tiny_gpt2(tok).train()  # training mode: the losses below log the trainers' "train" metrics
+    ref = perturbed(model)
+    ds = text_dataset()
+    trl_trainer = _on_copies(DPOTrainer, model, ref, DPOConfig(**base_args(tmp_path / "trl")), ds, tok)
+    dense_args = DenseDPOConfig(**base_args(tmp_path / "dense"), dense_gamma=1.0, dense_normalize=False)
+    dense = _on_copies(DenseDPOTrainer, model, ref, dense_args, ds, tok)
+    trl_batch, dense_batch = _first_rows(trl_trainer, 4), _first_rows(dense, 4)
+    assert torch.equal(trl_batch["input_ids"], dense_batch["input_ids"])
+    # the pairs do contain corrections: γ = 1 must still reduce to plain DPO
+    assert dense_batch["corrected_mask"].any()
+
+    trl_loss, _ = _assert_same_loss_and_grads(trl_trainer, trl_batch, dense, dense_batch)
+    assert abs(trl_loss - math.log(2)) > 1e-4  # the reference differs from the policy
     for key in ("rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected"):
         assert abs(dense._metrics["train"][key][-1] - trl_trainer._metrics["train"][key][-1]) < 1e-5
 
@@ -153,19 +169,14 @@ def test_gamma_one_equals_trl_sigmoid_dpo(tmp_path):
 def test_eq5_by_hand(tmp_path, normalize):
     """Score = (Σ_u log p + γ Σ_c log p) / (|y_u| + γ|y_c|) (or the numerator alone), policy and reference alike."""
     gamma, beta = 5.0, 0.5
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
-    trainer = DenseDPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DenseDPOConfig(**base_args(tmp_path), dense_gamma=gamma, dense_normalize=normalize, beta=beta),
-        train_dataset=text_dataset(),
-        processing_class=tok,
-    )
-    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    args = DenseDPOConfig(**base_args(tmp_path), dense_gamma=gamma, dense_normalize=normalize, beta=beta)
+    trainer = _on_copies(DenseDPOTrainer, model, ref, args, text_dataset(), tok)
+    batch = _first_rows(trainer, 4)
+    loss = _loss(trainer, batch)
     with torch.no_grad():
-        loss = trainer.compute_loss(trainer.model, dict(batch))
         pol, rf = token_logps(model, batch), token_logps(ref, batch)
     comp = batch["completion_mask"][:, 1:].bool()
     attended = batch["attention_mask"].bool()
@@ -195,24 +206,19 @@ def test_eq5_by_hand(tmp_path, normalize):
     for (pc, pr), (rc, rr) in zip(scores["pol"], scores["ref"]):
         losses.append(-F.logsigmoid(torch.tensor(beta * ((pc - rc) - (pr - rr)), dtype=torch.float64)).item())
     assert batch["corrected_mask"].any()
-    assert loss.item() == pytest.approx(sum(losses) / n, abs=1e-5)
+    assert loss == pytest.approx(sum(losses) / n, abs=1e-5)
 
 
 def test_sft_weight_and_fraction_metric(tmp_path):
-    tok = tiny_tokenizer()
-    model = tiny_gpt2(tok)
+    tok = tiny_bpe_tokenizer()
+    model = tiny_gpt2(tok).train()  # training mode: the losses below log the trainer's "train" metrics
     ref = perturbed(model)
-    common = {"ref_model": None, "train_dataset": text_dataset(), "processing_class": tok}
     losses = {}
     for sft in (0.0, 0.5):
-        trainer = DenseDPOTrainer(
-            model=copy.deepcopy(model),
-            args=DenseDPOConfig(**base_args(tmp_path / str(sft)), dense_gamma=3.0, sft_weight=sft),
-            **{**common, "ref_model": copy.deepcopy(ref)},
-        )
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-        with torch.no_grad():
-            losses[sft] = trainer.compute_loss(trainer.model, dict(batch)).item()
+        args = DenseDPOConfig(**base_args(tmp_path / str(sft)), dense_gamma=3.0, sft_weight=sft)
+        trainer = _on_copies(DenseDPOTrainer, model, ref, args, text_dataset(), tok)
+        batch = _first_rows(trainer, 4)
+        losses[sft] = _loss(trainer, batch)
     with torch.no_grad():
         pol = token_logps(model, batch)
     weights = torch.where(batch["corrected_mask"], 3.0, 1.0) * batch["completion_mask"]
@@ -225,7 +231,7 @@ def test_sft_weight_and_fraction_metric(tmp_path):
 
 
 def test_explicit_spans_map_to_tokens(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     rows = [("describe the image .", "the green triangle is in the middle .", "the red triangle is in the middle .")]
     chosen_spans = [[[4, 9]]]  # "green"
     rejected_spans = [[[4, 7]]]  # "red"
@@ -245,7 +251,7 @@ def test_explicit_spans_map_to_tokens(tmp_path):
     # conversational rows: the spans are located inside the chat-template rendering
     from datasets import Dataset
 
-    from benchmarks.hallucination.demo import TINY_CHAT_TEMPLATE
+    from hf_ext.testing import TINY_CHAT_TEMPLATE
 
     tok.chat_template = TINY_CHAT_TEMPLATE
     conv = Dataset.from_dict(
@@ -280,31 +286,25 @@ def test_explicit_spans_map_to_tokens(tmp_path):
 
 
 def test_precomputed_reference_equals_live_and_cache_reuse(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
     cache = tmp_path / "cache"
 
     def make(gamma, precompute):
-        return DenseDPOTrainer(
-            model=copy.deepcopy(model),
-            ref_model=copy.deepcopy(ref),
-            args=DenseDPOConfig(
-                **base_args(tmp_path / f"{gamma}-{precompute}"),
-                dense_gamma=gamma,
-                precompute_ref_log_probs=precompute,
-                ref_logps_cache_dir=str(cache),
-                precompute_ref_batch_size=3,  # other padding than the training batch
-            ),
-            train_dataset=ds,
-            processing_class=tok,
+        args = DenseDPOConfig(
+            **base_args(tmp_path / f"{gamma}-{precompute}"),
+            dense_gamma=gamma,
+            precompute_ref_log_probs=precompute,
+            ref_logps_cache_dir=str(cache),
+            precompute_ref_batch_size=3,  # other padding than the training batch
         )
+        return _on_copies(DenseDPOTrainer, model, ref, args, ds, tok)
 
     def loss_of(trainer):
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-        with torch.no_grad():
-            return trainer.compute_loss(trainer.model, dict(batch)).item(), batch
+        batch = _first_rows(trainer, 4)
+        return _loss(trainer, batch), batch
 
     pre = make(2.0, True)
     files = list(cache.glob("train-*.safetensors"))
@@ -323,7 +323,7 @@ def test_precomputed_reference_equals_live_and_cache_reuse(tmp_path):
 
 
 def test_precompute_frees_own_reference_and_model_card(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     trainer = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(**base_args(tmp_path), precompute_ref_log_probs=True, max_steps=2),
@@ -342,16 +342,7 @@ def test_precompute_frees_own_reference_and_model_card(tmp_path):
 
 
 def test_lora(tmp_path):
-    from peft import LoraConfig
-
-    tok = tiny_tokenizer()
-    trainer = DenseDPOTrainer(
-        model=tiny_gpt2(tok),
-        args=DenseDPOConfig(**base_args(tmp_path), max_steps=2, learning_rate=1e-2, precompute_ref_log_probs=True),
-        train_dataset=text_dataset(),
-        processing_class=tok,
-        peft_config=LoraConfig(r=4, lora_alpha=8, target_modules=["c_attn"], lora_dropout=0.0, fan_in_fan_out=True),
-    )
+    trainer = lora_trainer(tmp_path, tiny_bpe_tokenizer())
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters() if "lora_B" in n}
     trainer.train()
     after = dict(trainer.model.named_parameters())
@@ -366,7 +357,7 @@ def test_bad_config():
 
 
 def test_rejects_plain_dpo_config(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     with pytest.raises(TypeError, match="DenseDPOConfig"):
         DenseDPOTrainer(
             model=tiny_gpt2(tok),
@@ -387,56 +378,37 @@ def vlm_data(tmp_path_factory):
     return load_rlhf_v(path)
 
 
-def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
-    from benchmarks.hallucination.demo import build_tiny_llava
+def _vlm_trainer(model, processor, dataset, output_dir):
+    """Dense DPO (γ = 3, untruncated rows) of `model` against a perturbed copy, to look at its collated batches."""
+    args = DenseDPOConfig(**base_args(output_dir, max_length=None), dense_gamma=3.0)
+    return DenseDPOTrainer(
+        model=model, ref_model=perturbed(model), args=args, train_dataset=dataset, processing_class=processor
+    )
 
-    model, processor = build_tiny_llava()
+
+def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
+    model, processor = tiny_llava()
     ref = perturbed(model)
     kwargs = base_args(tmp_path, max_length=None, per_device_train_batch_size=2)
-    trl_trainer = DPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DPOConfig(**{**kwargs, "output_dir": str(tmp_path / "trl")}),
-        train_dataset=vlm_data,
-        processing_class=processor,
-    )
-    dense = DenseDPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DenseDPOConfig(**kwargs, dense_gamma=1.0),
-        train_dataset=vlm_data,
-        processing_class=processor,
-    )
+    trl_args = DPOConfig(**{**kwargs, "output_dir": str(tmp_path / "trl")})
+    trl_trainer = _on_copies(DPOTrainer, model, ref, trl_args, vlm_data, processor)
+    dense = _on_copies(DenseDPOTrainer, model, ref, DenseDPOConfig(**kwargs, dense_gamma=1.0), vlm_data, processor)
     trl_batch = trl_trainer.data_collator([vlm_data[i] for i in range(2)])
     dense_batch = dense.data_collator([vlm_data[i] for i in range(2)])
     assert "pixel_values" in dense_batch and dense_batch["corrected_mask"].any()
-    trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
-    trl_loss.backward()
-    dense_loss = dense.compute_loss(dense.model, dense_batch)
-    dense_loss.backward()
-    assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
-    g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
+    _, g_trl = _assert_same_loss_and_grads(trl_trainer, trl_batch, dense, dense_batch)
     assert any("vision_tower" in n for n in g_trl)
-    for name in g_trl:
-        torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
 
     # precomputed reference (vision data, which TRL refuses) equals the live reference, γ = 5
     losses = {}
     for precompute in (True, False):
-        trainer = DenseDPOTrainer(
-            model=copy.deepcopy(model),
-            ref_model=copy.deepcopy(ref),
-            args=DenseDPOConfig(
-                **{**kwargs, "output_dir": str(tmp_path / f"p{precompute}")},
-                dense_gamma=5.0,
-                precompute_ref_log_probs=precompute,
-            ),
-            train_dataset=vlm_data,
-            processing_class=processor,
+        args = DenseDPOConfig(
+            **{**kwargs, "output_dir": str(tmp_path / f"p{precompute}")},
+            dense_gamma=5.0,
+            precompute_ref_log_probs=precompute,
         )
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(2)])
-        with torch.no_grad():
-            losses[precompute] = trainer.compute_loss(trainer.model, dict(batch)).item()
+        trainer = _on_copies(DenseDPOTrainer, model, ref, args, vlm_data, processor)
+        losses[precompute] = _loss(trainer, _first_rows(trainer, 2))
         # a vision dataset passed late to `evaluate` gets its reference log-probs precomputed too
         losses[f"eval-{precompute}"] = trainer.evaluate(eval_dataset=vlm_data)["eval_loss"]
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
@@ -444,9 +416,7 @@ def test_vlm_gamma_one_equals_trl_and_precompute(tmp_path, vlm_data):
 
 
 def test_vlm_explicit_spans(tmp_path, vlm_data):
-    from benchmarks.hallucination.demo import build_tiny_llava
-
-    model, processor = build_tiny_llava()
+    model, processor = tiny_llava()
     row = vlm_data[0]
     chosen, rejected = row["chosen"][0]["content"], row["rejected"][0]["content"]
     # mark the first differing word on each side
@@ -455,13 +425,7 @@ def test_vlm_explicit_spans(tmp_path, vlm_data):
     start_c, start_r = len(" ".join(words_c[:k])) + 1, len(" ".join(words_r[:k])) + 1
     ds = vlm_data.select([0]).add_column("chosen_segments", [[[start_c, start_c + len(words_c[k])]]])
     ds = ds.add_column("rejected_segments", [[[start_r, start_r + len(words_r[k])]]])
-    trainer = DenseDPOTrainer(
-        model=model,
-        ref_model=perturbed(model),
-        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
-        train_dataset=ds,
-        processing_class=processor,
-    )
+    trainer = _vlm_trainer(model, processor, ds, tmp_path)
     batch = trainer.data_collator([trainer.train_dataset[0]])
     for r, word in ((0, words_c[k]), (1, words_r[k])):
         flagged = batch["input_ids"][r][batch["corrected_mask"][r]]
@@ -475,7 +439,8 @@ def test_vlm_explicit_spans(tmp_path, vlm_data):
 @pytest.mark.slow
 def test_two_process_run(tmp_path):
     script = Path(__file__).resolve().parents[2] / "_dense_dpo_ddp.py"
-    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": str(script.parent)}
+    path = os.pathsep.join(filter(None, [str(script.parent), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1", "PYTHONPATH": path}
     # --standalone: a free rendezvous port, so concurrent multi-process tests (xdist) do not collide on 29500
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)]
     cmd.append(str(tmp_path))
@@ -487,7 +452,7 @@ def test_two_process_run(tmp_path):
     from safetensors.torch import load_file
 
     (two_proc,) = list((tmp_path / "cache").glob("train-*.safetensors"))
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     single = DenseDPOTrainer(
         model=tiny_gpt2(tok),
         args=DenseDPOConfig(
@@ -548,14 +513,10 @@ def _expected_loss(policy, reference, batch, gamma, beta, normalize=False, wpo=F
 
 
 def _pair_of_trainers(tmp_path, model, ref, ds, tok, **options):
-    dense = DenseDPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DenseDPOConfig(**base_args(tmp_path / "dense"), **options),
-        train_dataset=ds,
-        processing_class=tok,
+    dense = _on_copies(
+        DenseDPOTrainer, model, ref, DenseDPOConfig(**base_args(tmp_path / "dense"), **options), ds, tok
     )
-    return dense, dense.data_collator([dense.train_dataset[i] for i in range(4)])
+    return dense, _first_rows(dense, 4)
 
 
 @pytest.mark.parametrize(
@@ -568,7 +529,7 @@ def _pair_of_trainers(tmp_path, model, ref, ds, tok, **options):
     ids=["wpo", "ld_alpha", "wpo+ld_alpha+normalize"],
 )
 def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
@@ -577,8 +538,7 @@ def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
     assert batch["corrected_mask"].any()
     lengths = batch["completion_mask"].sum(1)
     assert not torch.equal(lengths[:4], lengths[4:])  # LD-DPO has tails to down-weight
-    with torch.no_grad():
-        loss = dense.compute_loss(dense.model, dict(batch)).item()
+    loss = _loss(dense, batch)
     expected = _expected_loss(
         model,
         ref,
@@ -597,34 +557,19 @@ def test_wpo_and_ld_alpha_with_dense_weights(tmp_path, options):
 
 @pytest.mark.parametrize("options", [{"use_weighting": True}, {"ld_alpha": 0.3}], ids=["wpo", "ld_alpha"])
 def test_wpo_and_ld_alpha_at_gamma_one_equal_trl(tmp_path, options):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     ds = text_dataset()
-    trl_trainer = DPOTrainer(
-        model=copy.deepcopy(model),
-        ref_model=copy.deepcopy(ref),
-        args=DPOConfig(**base_args(tmp_path / "trl"), **options),
-        train_dataset=ds,
-        processing_class=tok,
-    )
+    trl_trainer = _on_copies(DPOTrainer, model, ref, DPOConfig(**base_args(tmp_path / "trl"), **options), ds, tok)
     dense, dense_batch = _pair_of_trainers(tmp_path, model, ref, ds, tok, dense_gamma=1.0, **options)
-    trl_batch = trl_trainer.data_collator([trl_trainer.train_dataset[i] for i in range(4)])
-    trl_loss = trl_trainer.compute_loss(trl_trainer.model, trl_batch)
-    trl_loss.backward()
-    dense_loss = dense.compute_loss(dense.model, dense_batch)
-    dense_loss.backward()
-    assert abs(dense_loss.item() - trl_loss.item()) < 1e-6
-    g_trl, g_dense = _grads(trl_trainer.model), _grads(dense.model)
-    assert g_trl.keys() == g_dense.keys() and g_trl
-    for name in g_trl:
-        torch.testing.assert_close(g_dense[name], g_trl[name], atol=1e-6, rtol=0)
+    _assert_same_loss_and_grads(trl_trainer, _first_rows(trl_trainer, 4), dense, dense_batch)
 
 
 @pytest.mark.parametrize("gamma", [1.0, 1.1])
 def test_train_with_wpo(tmp_path, gamma):
     """Like TRL's `test_train_with_wpo`: training with `use_weighting=True` runs and moves every parameter."""
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     trainer = DenseDPOTrainer(
         model=model,
@@ -647,43 +592,28 @@ def test_train_with_wpo(tmp_path, gamma):
 
 
 def test_precomputed_reference_with_ld_alpha_equals_live(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ref = perturbed(model)
     losses = {}
     for precompute in (True, False):
-        trainer = DenseDPOTrainer(
-            model=copy.deepcopy(model),
-            ref_model=copy.deepcopy(ref),
-            args=DenseDPOConfig(
-                **base_args(tmp_path / str(precompute)),
-                dense_gamma=2.0,
-                ld_alpha=0.4,
-                dense_normalize=True,
-                precompute_ref_log_probs=precompute,
-                ref_logps_cache_dir=str(tmp_path / "cache"),
-            ),
-            train_dataset=text_dataset(),
-            processing_class=tok,
+        args = DenseDPOConfig(
+            **base_args(tmp_path / str(precompute)),
+            dense_gamma=2.0,
+            ld_alpha=0.4,
+            dense_normalize=True,
+            precompute_ref_log_probs=precompute,
+            ref_logps_cache_dir=str(tmp_path / "cache"),
         )
-        batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
-        with torch.no_grad():
-            losses[precompute] = trainer.compute_loss(trainer.model, dict(batch)).item()
+        trainer = _on_copies(DenseDPOTrainer, model, ref, args, text_dataset(), tok)
+        losses[precompute] = _loss(trainer, _first_rows(trainer, 4))
     assert losses[True] == pytest.approx(losses[False], abs=1e-5)
 
 
 def test_vlm_diff_runs_over_the_whole_sequence_with_image_tokens(tmp_path, vlm_data):
     """VLM rows: the official diff sees prompt + expanded image placeholders + answer (left-padded prompts)."""
-    from benchmarks.hallucination.demo import build_tiny_llava
-
-    model, processor = build_tiny_llava()
-    trainer = DenseDPOTrainer(
-        model=model,
-        ref_model=perturbed(model),
-        args=DenseDPOConfig(**base_args(tmp_path, max_length=None), dense_gamma=3.0),
-        train_dataset=vlm_data,
-        processing_class=processor,
-    )
+    model, processor = tiny_llava()
+    trainer = _vlm_trainer(model, processor, vlm_data, tmp_path)
     batch = trainer.data_collator([vlm_data[i] for i in range(4)])
     image_id = model.config.image_token_id
     n = 4
@@ -719,7 +649,7 @@ def test_precompute_really_frees_the_temporary_reference(tmp_path):
             copies.append(weakref.ref(result))
         return result
 
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     with mock.patch.object(dense_dpo_trainer.copy, "deepcopy", side_effect=recording_deepcopy):
         trainer = DenseDPOTrainer(
             model=tiny_gpt2(tok),
@@ -735,7 +665,7 @@ def test_precompute_really_frees_the_temporary_reference(tmp_path):
 
 def _precompute_error(trainer_cls, config_cls, tmp_path, where):
     """The `ValueError` a trainer raises for `precompute_ref_log_probs=True` with a streamed dataset at `where`."""
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     ds = text_dataset()
     streamed = ds.to_iterable_dataset()
@@ -758,7 +688,7 @@ def test_precompute_refuses_iterable_dataset_like_trl(tmp_path, where):
     """Streamed data with a precomputed reference is refused with TRL's own wording (which callers match on)."""
     if where == "evaluate":
         # a late eval dataset: build without eval data, stream it to `evaluate()`
-        tok = tiny_tokenizer()
+        tok = tiny_bpe_tokenizer()
         model = tiny_gpt2(tok)
         messages = []
         for trainer_cls, config_cls in ((DPOTrainer, DPOConfig), (DenseDPOTrainer, DenseDPOConfig)):

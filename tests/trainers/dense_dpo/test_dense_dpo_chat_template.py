@@ -11,13 +11,13 @@ import copy
 
 import numpy as np
 import pytest
-from _dense_dpo_helpers import base_args, tiny_gpt2, tiny_tokenizer
+from _dense_dpo_helpers import base_args
 from datasets import Dataset
 from PIL import Image
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
 from hf_ext.models.muffin.processing_muffin import DEFAULT_SYSTEM_PROMPT as SYSTEM
-from hf_ext.testing import tiny_muffin
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2, tiny_muffin
 
 PROMPT, CHOSEN, REJECTED = "what is in the image ?", "a red square .", "a blue circle ."
 
@@ -161,7 +161,7 @@ THINK_TEMPLATE = (  # DeepSeek-R1 style: the generation prompt adds a token the 
 
 
 def _text_trainer(tmp_path, template, extra=None, **config):
-    tokenizer = tiny_tokenizer()
+    tokenizer = tiny_bpe_tokenizer()
     tokenizer.chat_template = template
     rows = Dataset.from_list(
         [

@@ -7,11 +7,12 @@ import math
 
 import pytest
 import torch
-from _dense_dpo_helpers import base_args, perturbed, text_dataset, tiny_gpt2, tiny_tokenizer
+from _dense_dpo_helpers import base_args, perturbed, text_dataset
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.testing import tiny_bpe_tokenizer, tiny_gpt2
 from hf_ext.trainers.dense_dpo import DataCollatorForDensePreference, correction_weights
 from hf_ext.trainers.dense_dpo.ref_logps_cache import load_ref_cache, save_ref_cache
 
@@ -37,7 +38,7 @@ def test_gamma_not_a_number(tmp_path, gamma):
 
 def test_gamma_set_to_inf_after_construction_is_an_error_not_a_nan_loss(tmp_path):
     # before: inf turned the weights into NaN while the logged loss read 0.0
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     trainer = DenseDPOTrainer(
         model=model,
@@ -76,7 +77,7 @@ def test_other_bad_numbers(tmp_path):
     ids=["string", "empty", "float", "reversed", "triple"],
 )
 def test_bad_spans(tmp_path, chosen_segments, error, match):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     rows = [("describe the image .", "the green triangle is in the middle .", "the red triangle is in the middle .")]
     ds = text_dataset(rows, chosen_segments=[chosen_segments], rejected_segments=[[[4, 7]]])
     with pytest.raises(error, match=match):
@@ -90,7 +91,7 @@ def test_bad_spans(tmp_path, chosen_segments, error, match):
 
 
 def test_empty_span_list_means_nothing_corrected(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     rows = [("describe the image .", "the green triangle is in the middle .", "the red triangle is in the middle .")]
     ds = text_dataset(rows, chosen_segments=[[]], rejected_segments=[[[4, 7]]])
     trainer = DenseDPOTrainer(
@@ -105,7 +106,7 @@ def test_empty_span_list_means_nothing_corrected(tmp_path):
 
 
 def test_args_are_not_mutated(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     args = _config(
         tmp_path,
@@ -122,7 +123,7 @@ def test_args_are_not_mutated(tmp_path):
 
 
 def test_collator_diff_options_must_match_args(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     collator = DataCollatorForDensePreference(pad_token_id=tok.pad_token_id, min_match=2)
     with pytest.raises(ValueError, match=r"min_match=2.*dense_min_match=3"):
         DenseDPOTrainer(
@@ -150,7 +151,7 @@ def _precomputed_trainer(tmp_path, cache, model, tok):
 
 
 def test_truncated_cache_is_a_clear_error(tmp_path):
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     cache = tmp_path / "cache"
     _precomputed_trainer(tmp_path / "a", cache, model, tok)
@@ -166,7 +167,7 @@ def test_truncated_cache_is_a_clear_error(tmp_path):
 
 def test_tampered_cache_is_not_used(tmp_path):
     # before: a valid safetensors file with edited values was used silently (loss 0.69 -> 2e-6)
-    tok = tiny_tokenizer()
+    tok = tiny_bpe_tokenizer()
     model = tiny_gpt2(tok)
     cache = tmp_path / "cache"
     first = _precomputed_trainer(tmp_path / "a", cache, model, tok)

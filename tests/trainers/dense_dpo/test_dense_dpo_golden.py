@@ -19,11 +19,11 @@ from _dense_dpo_helpers import (
     _TableConfig,
     base_args,
     text_dataset,
-    tiny_tokenizer,
     use_float64_fused_head,
 )
 
 from hf_ext import DenseDPOConfig, DenseDPOTrainer
+from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.dense_dpo import (
     DataCollatorForDensePreference,
     dense_token_coefficients,
@@ -117,7 +117,11 @@ def test_official_loss(tmp_path, case):
         sft_weight=case["sft_weight"],
     )
     trainer = DenseDPOTrainer(
-        model=policy, ref_model=reference, args=args, train_dataset=text_dataset(), processing_class=tiny_tokenizer()
+        model=policy,
+        ref_model=reference,
+        args=args,
+        train_dataset=text_dataset(),
+        processing_class=tiny_bpe_tokenizer(),
     )
     batch = trainer.data_collator([_example(e) for e in examples])
     # TRL's fused LM head computes the log-probs in float32: the loss agrees to float32 precision
