@@ -160,9 +160,7 @@ def sequence_corrected_masks(
         official layout). Flags on prompt positions are possible (an answer repeating the prompt) and are masked out
         by the loss.
     """
-    if len(rejected_ids) < 1 or len(chosen_ids) < 1:
-        raise ValueError("`sequence_corrected_masks` needs non-empty sequences (prompt + answer).")
-    return corrected_token_masks(list(rejected_ids)[1:], list(chosen_ids)[1:], min_match, weight_insertions)
+    return corrected_token_masks(*_without_first_token(rejected_ids, chosen_ids), min_match, weight_insertions)
 
 
 def sequence_correction_weights(
@@ -184,9 +182,14 @@ def sequence_correction_weights(
     ([1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0])
     ```
     """
-    gamma = check_gamma(gamma, "gamma")
-    rejected_mask, chosen_mask = sequence_corrected_masks(rejected_ids, chosen_ids, min_match, weight_insertions)
-    return [gamma if m else 1.0 for m in rejected_mask], [gamma if m else 1.0 for m in chosen_mask]
+    return correction_weights(*_without_first_token(rejected_ids, chosen_ids), gamma, min_match, weight_insertions)
+
+
+def _without_first_token(rejected_ids: Sequence[int], chosen_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Both whole sequences minus their first token, as the official collator diffs them."""
+    if len(rejected_ids) < 1 or len(chosen_ids) < 1:
+        raise ValueError("The whole sequences (prompt + answer) of a pair must be non-empty.")
+    return list(rejected_ids)[1:], list(chosen_ids)[1:]
 
 
 # ------------------------------------------------------------------------------------------ the scoring rule
