@@ -32,6 +32,7 @@ from typing import Any
 
 import datasets
 
+from hf_ext.utils.citations import CITATIONS
 from hf_ext.utils.spans import validate_spans
 
 from .._common import BadRowReport, LocalParquetBuilder, LocalParquetConfig, OnBadRow, check_image, load_local_parquet
@@ -134,7 +135,7 @@ class RLHFV(LocalParquetBuilder):
             features=features,
             homepage="https://huggingface.co/datasets/openbmb/RLHF-V-Dataset",
             license="cc-by-nc-4.0",
-            citation="@inproceedings{yu2024rlhfv, title={RLHF-V}, booktitle={CVPR}, year={2024}, eprint={2312.00849}}",
+            citation=CITATIONS["rlhf_v"].bibtex,
         )
 
     def _convert_row(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:
