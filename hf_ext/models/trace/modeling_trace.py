@@ -18,7 +18,7 @@ from torch import nn
 from transformers import GenerationMixin
 from transformers import initialization as init
 from transformers.cache_utils import Cache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
@@ -197,25 +197,17 @@ class TraceModel(GPT2LatentDecoderMixin, TracePreTrainedModel):
                 f"Rows {too_many} have {num[too_many].tolist()} segments, more than max_segments="
                 f"{self.config.max_segments}; raise `max_segments` or use longer segments."
             )
-        inputs_embeds, position_ids, hidden = self._embed(input_ids, None, None, None)
         if self.config.posterior_context == "full":
+            inputs_embeds, position_ids, hidden = self._embed(input_ids, None, None, None)
             mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
             )
-            causal = False
-        else:
-            mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                cache=None,
-                position_ids=position_ids,
-            )
-            causal = True
-        hidden = self.drop(hidden)
-        for block in self.h:
-            hidden = block(hidden, attention_mask=mask, position_ids=position_ids, is_causal=causal)
-        hidden = self.ln_f(hidden)  # O(1) features keep the posterior layer norm far from its epsilon
+        else:  # the causal pass of the decoder, without cache and latents
+            _, _, position_ids, hidden, mask = self._decoder_inputs(input_ids, attention_mask, None, False, None, None)
+        # ln_f inside: O(1) features keep the posterior layer norm far from its epsilon
+        hidden = self._decoder_blocks(
+            hidden, lambda _: None, None, False, mask, position_ids, is_causal=self.config.posterior_context != "full"
+        ).last_hidden_state
         k = int(num.max())
         onehot = nn.functional.one_hot(seg.clamp(min=0), k).to(hidden.dtype) * (seg >= 0).unsqueeze(-1)
         counts = onehot.sum(1)  # (batch, K)
