@@ -8,7 +8,8 @@ official code (``OpenVLG/DELLA``) is a flag of [`DellaConfig`]; [`DellaConfig.fr
 ("official mode", tested against fixtures made by running the original code), and
 ``convert_della_original_to_hf`` maps the original's checkpoints.
 
-This module imports only torch, transformers and its own folder, so it also works as Hub remote code.
+This module imports only torch, transformers, its own folder and the shared ``..text_vae_utils``, so it also works as
+Hub remote code.
 """
 
 from __future__ import annotations
