@@ -20,6 +20,7 @@ import copy
 import json
 import math
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -31,6 +32,9 @@ from hf_ext.metrics.diversity import distinct_n, self_bleu
 from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.care import CAREConfig, CARERegularizer, CARETrainer, enable_care_attention
 from hf_ext.utils.io import atomic_write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks._common`
+from benchmarks._common import read_lines, study_training_kwargs  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -72,18 +76,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def read_lines(path: Path, limit: int) -> list[str]:
-    lines = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                lines.append(line)
-            if len(lines) >= limit:
-                break
-    return lines
-
-
 def build_model(args, tokenizer) -> GPT2LMHeadModel:
     torch.manual_seed(args.seed)
     config = GPT2Config(
@@ -101,21 +93,9 @@ def build_model(args, tokenizer) -> GPT2LMHeadModel:
 
 def training_arguments(cls, args, output_dir: Path, **extra):
     return cls(
-        output_dir=str(output_dir),
-        max_steps=args.max_steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, args.max_steps // 20),
-        weight_decay=0.01,
-        logging_steps=max(1, args.max_steps // 10),
-        save_strategy="no",
-        report_to="none",
-        use_cpu=True,
-        seed=args.seed,
-        data_seed=args.seed,
-        disable_tqdm=True,
-        **extra,
+        **study_training_kwargs(
+            output_dir, args.max_steps, args.batch_size, args.learning_rate, args.seed, num_logs=10, **extra
+        )
     )
 
 

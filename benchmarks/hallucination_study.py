@@ -120,8 +120,18 @@ def report(results, config, out: Path) -> str:
             f"({g['shape_shuffled']:.3f}) | {g['probe']:.3f} | {g['prior_rate']:.3f} (n={g['n_conflict']}) | "
             f"{g['passed']} |"
         )
-    lines += ["", "## Pairs (per seed)", ""]
+    lines += ["", "## Pairs (per seed)"]
+    excluded = [s for s in results["seeds"] if s.get("excluded")]
+    if excluded:
+        lines += [
+            "",
+            "Excluded (failed a gate before any preference run; replaced by the next seed): "
+            + "; ".join(s["reason"] for s in excluded),
+        ]
+    lines += [""]
     for s in results["seeds"]:
+        if s.get("excluded"):
+            continue
         p = s["pairs"]["pool"]
         c = p["corrected"]
         lines.append(
@@ -129,7 +139,7 @@ def report(results, config, out: Path) -> str:
             f"{c['pairs']} corrected pairs ({c['segments_per_pair']:.2f} segments/pair, {c['deleted_segments']} "
             f"deletions, {c['correction_types']}), {p['ranking']['pairs']} ranking pairs"
         )
-    lrs = results["seeds"][0]["learning_rates"] if results["seeds"] else {}
+    lrs = next((s["learning_rates"] for s in results["seeds"] if s["seed"] == config.lr_seed), {})
     lines += ["", f"Learning rates (validation split of seed {config.lr_seed}): {lrs}", ""]
     lines += [f"## Primary: {config.num_pairs} pairs, β = {config.beta} (rates ×100)", ""]
     lines.append(format_table(primary_runs(results["runs"], config.num_pairs, config.beta)))
@@ -193,7 +203,8 @@ def main(argv=None) -> int:
                     continue
                 cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
                 cmd = [c for c in cmd]
-                cmd += ["--workers", "1", "--no-report", "--seeds", *map(str, mine)]
+                # workers only record a failing seed; the parent draws replacements once they are done
+                cmd += ["--workers", "1", "--no-report", "--gate-failure", "exclude", "--seeds", *map(str, mine)]
                 procs.append(subprocess.Popen(cmd))
             codes = [p.wait() for p in procs]
             if any(codes):

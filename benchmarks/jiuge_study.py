@@ -24,12 +24,16 @@ import json
 import math
 import random
 import re
+import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks._common`
+from benchmarks._common import study_training_kwargs  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -130,21 +134,15 @@ def train_model(args, tokenizer, train, ci_forms, weighted: bool):
     torch.manual_seed(args.seed)
     model = JiugeForCausalLM(config)
     targs = TrainingArguments(
-        output_dir=tempfile.mkdtemp(prefix=f"jiuge_study_{'weighted' if weighted else 'plain'}_"),  # nothing is saved
-        max_steps=args.steps,
-        per_device_train_batch_size=args.batch_size,
-        learning_rate=args.lr,
-        lr_scheduler_type="cosine",
-        warmup_steps=max(1, args.steps // 20),
-        weight_decay=0.01,
-        logging_steps=max(1, args.steps // 5),
-        save_strategy="no",
-        report_to=[],
-        use_cpu=True,
-        seed=args.seed,
-        data_seed=args.seed,
-        dataloader_num_workers=0,
-        disable_tqdm=True,
+        **study_training_kwargs(
+            tempfile.mkdtemp(prefix=f"jiuge_study_{'weighted' if weighted else 'plain'}_"),  # nothing is saved
+            args.steps,
+            args.batch_size,
+            args.lr,
+            args.seed,
+            num_logs=5,
+            dataloader_num_workers=0,
+        )
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     trainer = Trainer(model=model, args=targs, train_dataset=data, data_collator=collator)

@@ -87,12 +87,11 @@ def build(preset: str, num_query: int, device: str, dtype: torch.dtype):
         pad_token_id=tok.pad_token_id,
     )
     vocab = tok.get_vocab()
+    # BEiT-3 and CLIP at the same width, depth and heads
+    tower = dict(hidden_size=vh, num_hidden_layers=vl, num_attention_heads=vheads, intermediate_size=vffn)
     cfg = MuffinConfig(
         vision_config=dict(
-            hidden_size=vh,
-            num_hidden_layers=vl,
-            num_attention_heads=vheads,
-            intermediate_size=vffn,
+            **tower,
             image_size=m_img,
             patch_size=m_patch,
             vocab_size=64,
@@ -114,14 +113,7 @@ def build(preset: str, num_query: int, device: str, dtype: torch.dtype):
         num_query=num_query,
     )
     lcfg = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=vh,
-            intermediate_size=vffn,
-            num_hidden_layers=vl,
-            num_attention_heads=vheads,
-            image_size=l_img,
-            patch_size=l_patch,
-        ),
+        vision_config=CLIPVisionConfig(**tower, image_size=l_img, patch_size=l_patch),
         text_config=text,
         image_token_id=vocab["<image>"],
         vision_feature_layer=-2,  # LLaVA-1.5

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -32,6 +33,9 @@ from hf_ext.models.trace import TraceConfig, TraceForCausalLM
 from hf_ext.testing import tiny_bpe_tokenizer
 from hf_ext.trainers.text_vae import DataCollatorForTextVAE, TextVAEConfig, TextVAETrainer
 from hf_ext.utils.io import atomic_write
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root, for `benchmarks._common`
+from benchmarks._common import read_lines, study_training_kwargs  # noqa: E402
 
 REDUCED = dict(
     train_lines=2000,
@@ -81,23 +85,6 @@ def parse_args() -> argparse.Namespace:
     for key, value in REDUCED.items():
         p.add_argument(f"--{key.replace('_', '-')}", type=int, default=None, help=f"override (reduced: {value})")
     return p.parse_args()
-
-
-def read_lines(path: str, limit: int) -> list[str]:
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--train-file/--test-file {path!r} does not exist.")
-    lines = []
-    with file.open(encoding="utf-8") as f:
-        for line in f:
-            line = line.strip()
-            if line:
-                lines.append(line)
-            if len(lines) >= limit:
-                break
-    if not lines:
-        raise ValueError(f"{path!r} has no non-empty line.")
-    return lines
 
 
 def build_models(cfg: dict, vocab: int, seps: list[int], bos: int, pad: int, della_official: bool = False) -> dict:
@@ -188,18 +175,17 @@ def main() -> None:
     results: dict[str, dict] = {}
     for name, model in models.items():
         t0 = time.time()
-        common = dict(
-            output_dir=f"/tmp/text_vae_study/{name.replace(' ', '_')}",
-            max_steps=cfg["steps"],
-            per_device_train_batch_size=cfg["batch_size"],
-            learning_rate=args.lr,
-            warmup_steps=max(1, cfg["steps"] // 20),
-            logging_steps=max(1, cfg["steps"] // 5),
-            report_to=[],
-            use_cpu=True,
-            save_strategy="no",
-            seed=args.seed,
-            disable_tqdm=True,
+        # TrainingArguments' own schedule (linear decay, no weight decay) for every model
+        common = study_training_kwargs(
+            f"/tmp/text_vae_study/{name.replace(' ', '_')}",
+            cfg["steps"],
+            cfg["batch_size"],
+            args.lr,
+            args.seed,
+            num_logs=5,
+            lr_scheduler_type="linear",
+            weight_decay=0.0,
+            data_seed=None,
         )
         if isinstance(model, GPT2LMHeadModel):
             trainer = Trainer(

@@ -10,6 +10,7 @@ classes and, for `dpo`, the reference cache file.
 import argparse
 import json
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -69,6 +70,43 @@ def dpo_rows(n: int) -> Dataset:
     return Dataset.from_list(rows)
 
 
+def record_rows_seen(trainer) -> list[list[int]]:
+    """A list that fills, at each `compute_loss` call of `trainer`, with a fingerprint of each row of the batch."""
+    seen = []
+    compute_loss = trainer.compute_loss
+
+    def recording_compute_loss(model, inputs, *a, **k):
+        ids, mask = inputs["input_ids"], inputs["attention_mask"]
+        seen.append(sorted(int(i[m.bool()].sum()) for i, m in zip(ids, mask)))
+        return compute_loss(model, inputs, *a, **k)
+
+    trainer.compute_loss = recording_compute_loss
+    return seen
+
+
+def assert_same_ref_cache(one_dir: Path, two_dir: Path) -> Path:
+    """The reference cache written by several ranks in `two_dir` has the name (hence the key, the reference hash among
+    it) and the values (to 1e-5) of the one-process cache in `one_dir`; returns its path."""
+    from safetensors.torch import load_file
+
+    (two_cache,) = list(two_dir.glob("train-*.safetensors"))
+    (one_cache,) = list(one_dir.glob("train-*.safetensors"))
+    assert one_cache.name == two_cache.name
+    a, b = load_file(two_cache), load_file(one_cache)
+    assert a.keys() == b.keys() and a["chosen_offsets"][-1] > 0
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-5, rtol=0)
+    return two_cache
+
+
+def write_result(out: str, result: dict) -> None:
+    """`out/result-{rank}.json`, then wait for every rank (the launching test reads all files once torchrun exits)."""
+    with open(f"{out}/result-{result['rank']}.json", "w") as f:
+        json.dump(result, f)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
 def common_args(out: str, per_device: int) -> dict:
     return dict(
         output_dir=out,
@@ -124,15 +162,7 @@ def main() -> None:
         trainer = DenseDPOTrainer(
             model=model, args=config, train_dataset=dpo_rows(args.rows), processing_class=processor
         )
-    seen = []
-    compute_loss = trainer.compute_loss
-
-    def recording_compute_loss(model, inputs, *a, **k):
-        ids, mask = inputs["input_ids"], inputs["attention_mask"]
-        seen.append(sorted(int(i[m.bool()].sum()) for i, m in zip(ids, mask)))  # a fingerprint of each row
-        return compute_loss(model, inputs, *a, **k)
-
-    trainer.compute_loss = recording_compute_loss
+    seen = record_rows_seen(trainer)
     trainer.train()
     from torch.distributed.fsdp import FSDPModule
 
@@ -162,10 +192,7 @@ def main() -> None:
         "local_optimizer_bytes": sum(local_bytes(v) for v in optim_state),
         "sharded_params": sum(type(p).__name__ == "DTensor" for p in trainer.model_wrapped.parameters()),
     }
-    with open(f"{args.out}/result-{state.process_index}.json", "w") as f:
-        json.dump(result, f)
-    if torch.distributed.is_initialized():
-        torch.distributed.barrier()
+    write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
-"""Tester shared by Muffin and VisCPM-Chat: images and the matching `<im_patch>` tokens (like transformers' Llava)."""
+"""Tester and test-class settings shared by Muffin and VisCPM-Chat: images and the matching `<im_patch>` tokens (like
+transformers' Llava)."""
 
 import torch
+from peer_utils import PeerModelTestMixin, skip_tests_starting_with
 from tests.test_modeling_common import floats_tensor, ids_tensor
 
 from hf_ext.testing import tiny_muffin_config, tiny_muffin_tokenizer
@@ -48,3 +50,23 @@ class MuffinModelTester:
             "attention_mask": torch.ones_like(input_ids),
             "pixel_values": pixel_values,
         }
+
+
+class MuffinModelTestMixin(PeerModelTestMixin):
+    """The settings of the Muffin-bridge test classes (Muffin, VisCPM-Chat on a transformers LLM)."""
+
+    _is_composite = True
+    # the images go with the prompt's image tokens (as transformers' Llava tester does)
+    additional_model_inputs = ["pixel_values"]
+    # Muffin feeds BEiT-3 its learned queries as embeddings: BEiT-3's word embeddings and masked-image-modelling
+    # token are never used, so they get no gradient (by design, docs/conformance.md)
+    test_all_params_have_gradient = False
+    # the prompt's image tokens are replaced by image features inside: generation needs the token ids
+    generate_from_inputs_embeds = False
+
+
+# The mixin's RoPE-scaling test draws up to 768 random ids from the whole vocabulary, which holds the <im_patch>
+# token: a text-only forward pass with an image placeholder and no image raises, by design (docs/conformance.md).
+skip_rope_scaling_tests = skip_tests_starting_with(
+    "test_model_rope_scaling_from_config", "random ids contain image placeholders without images (by design)"
+)

@@ -2,9 +2,8 @@
 
 import unittest
 
-import torch
-from tests.test_configuration_common import ConfigTester
-from tests.test_modeling_common import ModelTesterMixin, floats_tensor, ids_tensor
+from peer_utils import PeerModelTestMixin, text_inputs
+from tests.test_modeling_common import ModelTesterMixin, floats_tensor
 from tests.test_pipeline_mixin import PipelineTesterMixin
 
 from hf_ext.models.beit3 import Beit3Config, Beit3Model, tiny_beit3_config
@@ -34,23 +33,15 @@ class Beit3ModelTester:
 
     def prepare_config_and_inputs_for_common(self):
         config = self.get_config()
-        input_ids = ids_tensor([self.batch_size, self.text_length], self.vocab_size)
-        return config, {
-            "pixel_values": floats_tensor([self.batch_size, config.num_channels, self.image_size, self.image_size]),
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-        }
+        text = text_inputs([self.batch_size, self.text_length], self.vocab_size)
+        pixel_values = floats_tensor([self.batch_size, config.num_channels, self.image_size, self.image_size])
+        return config, {"pixel_values": pixel_values, **text}
 
 
-class Beit3ModelTest(ModelTesterMixin, PipelineTesterMixin, unittest.TestCase):
+class Beit3ModelTest(PeerModelTestMixin, ModelTesterMixin, PipelineTesterMixin, unittest.TestCase):
     all_model_classes = (Beit3Model,)
     pipeline_model_mapping = {}
     # the text goes with the image (the attention mask covers the text part)
     additional_model_inputs = ["input_ids"]
-
-    def setUp(self):
-        self.model_tester = Beit3ModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=Beit3Config, has_text_modality=True, hidden_size=48)
-
-    def test_config(self):
-        self.config_tester.run_common_tests()
+    model_tester_class = Beit3ModelTester
+    config_tester_kwargs = {"config_class": Beit3Config, "has_text_modality": True, "hidden_size": 48}

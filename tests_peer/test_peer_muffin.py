@@ -4,42 +4,22 @@ The tester supplies images with their `<im_patch>` tokens, so eager-vs-SDPA, gen
 on the whole vision-language path.
 """
 
+import functools
 import unittest
 
-from _multimodal import MuffinModelTester
+from _multimodal import MuffinModelTester, MuffinModelTestMixin, skip_rope_scaling_tests
 from tests.generation.test_utils import GenerationTesterMixin
-from tests.test_configuration_common import ConfigTester
 from tests.test_modeling_common import ModelTesterMixin
 from tests.test_pipeline_mixin import PipelineTesterMixin
 
 from hf_ext.models.muffin import MuffinConfig, MuffinForConditionalGeneration, MuffinModel
 
 
-class MuffinModelTest(ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase):
+@skip_rope_scaling_tests
+class MuffinModelTest(
+    MuffinModelTestMixin, ModelTesterMixin, GenerationTesterMixin, PipelineTesterMixin, unittest.TestCase
+):
     all_model_classes = (MuffinModel, MuffinForConditionalGeneration)
     pipeline_model_mapping = {"image-text-to-text": MuffinForConditionalGeneration}
-    _is_composite = True
-    # the images go with the prompt's image tokens (as transformers' Llava tester does)
-    additional_model_inputs = ["pixel_values"]
-    # Muffin feeds BEiT-3 its learned queries as embeddings: BEiT-3's word embeddings and masked-image-modelling
-    # token are never used, so they get no gradient (by design, docs/conformance.md)
-    test_all_params_have_gradient = False
-    # the prompt's image tokens are replaced by image features inside: generation needs the token ids
-    generate_from_inputs_embeds = False
-
-    def setUp(self):
-        self.model_tester = MuffinModelTester(self, MuffinConfig, "linear")
-        self.config_tester = ConfigTester(self, config_class=MuffinConfig, has_text_modality=False)
-
-    def test_config(self):
-        self.config_tester.run_common_tests()
-
-
-# The mixin's RoPE-scaling test draws up to 768 random ids from the whole vocabulary, which holds the <im_patch>
-# token: a text-only forward pass with an image placeholder and no image raises, by design (docs/conformance.md).
-for _name in [n for n in dir(MuffinModelTest) if n.startswith("test_model_rope_scaling_from_config")]:
-    setattr(
-        MuffinModelTest,
-        _name,
-        unittest.skip("random ids contain image placeholders without images (by design)")(lambda self: None),
-    )
+    model_tester_class = functools.partial(MuffinModelTester, config_class=MuffinConfig, projector_type="linear")
+    config_tester_kwargs = {"config_class": MuffinConfig, "has_text_modality": False}

@@ -8,13 +8,12 @@ slicing keeps images, spans and prompts together.
 """
 
 import unittest
-from pathlib import Path
 
 import torch
-from tests.test_configuration_common import ConfigTester
+from _cpmbee import CpmBeePromptTester
+from peer_utils import PeerModelTestMixin, forward_twice, skip_tests_starting_with
 from tests.test_modeling_common import ModelTesterMixin, floats_tensor
 
-from hf_ext.models.cpmbee import CpmBeeTokenizer
 from hf_ext.models.viscpm_chat import (
     VisCPMChatBeeForConditionalGeneration,
     VisCPMChatConfig,
@@ -22,26 +21,20 @@ from hf_ext.models.viscpm_chat import (
     viscpm_chat_image_bound,
 )
 
-VOCAB = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "cpmbee" / "vocab.txt"
-QUESTIONS = ["what is it?", "hello"]
 
+class VisCPMChatBeeModelTester(CpmBeePromptTester):
+    num_query = 4
+    image_size = 32
 
-class VisCPMChatBeeModelTester:
-    def __init__(self, parent, is_training=True):
-        self.parent = parent
-        self.is_training = is_training
-        self.tokenizer = CpmBeeTokenizer(str(VOCAB))
-        self.num_query = 4
-        self.image_size = 32
-        self.hidden_size = 32
-        self.num_hidden_layers = 2
-        self.num_attention_heads = 4
-        self.vocab_size = self.tokenizer.vocab_size
-        prompts = [build_viscpm_chat_prompt(q, num_query=self.num_query) for q in QUESTIONS]
-        self.encoding, infos = self.tokenizer.prepare_for_generation(prompts, add_answer_bos=True)
+    def prompts(self):
+        return [build_viscpm_chat_prompt(q, num_query=self.num_query) for q in ("what is it?", "hello")]
+
+    def __init__(self, parent):
+        super().__init__(parent)
         ids = self.encoding["input_ids"]
-        self.image_bound = torch.tensor([[viscpm_chat_image_bound(info, ids, b)] for b, info in enumerate(infos)])
-        self.batch_size, self.seq_length = ids.shape
+        self.image_bound = torch.tensor(
+            [[viscpm_chat_image_bound(info, ids, b)] for b, info in enumerate(self.prompt_infos)]
+        )
 
     def get_config(self):
         tok = self.tokenizer
@@ -56,19 +49,7 @@ class VisCPMChatBeeModelTester:
                 vocab_size=64,
                 max_position_embeddings=16,
             ),
-            text_config=dict(
-                model_type="cpmbee",
-                vocab_size=self.vocab_size,
-                hidden_size=self.hidden_size,
-                dim_ff=2 * self.hidden_size,
-                num_hidden_layers=self.num_hidden_layers,
-                num_attention_heads=self.num_attention_heads,
-                dim_head=8,
-                position_bias_num_buckets=32,
-                position_bias_num_segment_buckets=256,
-                position_bias_max_distance=128,
-                init_std=0.02,
-            ),
+            text_config=dict(model_type="cpmbee", **self.cpmbee_config_kwargs()),
             num_query=self.num_query,
             projector_type="mlp2",
             image_token_id=tok.unk_token_id,
@@ -80,16 +61,22 @@ class VisCPMChatBeeModelTester:
 
     def prepare_config_and_inputs_for_common(self):
         config = self.get_config()
-        inputs = {k: v.clone() for k, v in self.encoding.items() if k not in ("ext_table_ids", "ext_table_sub")}
-        if self.encoding["ext_table_ids"].numel():
-            raise AssertionError("the tester's prompts must not need extension-table columns")
+        inputs = self.structured_inputs()
         inputs["pixel_values"] = floats_tensor([self.batch_size, 3, self.image_size, self.image_size])
         inputs["image_bound"] = self.image_bound.clone()
         return config, inputs
 
 
-class VisCPMChatBeeModelTest(ModelTesterMixin, unittest.TestCase):
+# The mixin's eager-vs-SDPA test re-pads the prompts (left and right), which moves the image spans `image_bound` points
+# at; and the LLM, CPM-Bee, has one (eager) attention implementation. BEiT-3's SDPA path is compared in the Muffin and
+# VisCPM-Chat testers (by design, docs/conformance.md).
+@skip_tests_starting_with(
+    "test_eager_matches_sdpa_inference", "re-padding moves the image spans; CPM-Bee is eager only (by design)"
+)
+class VisCPMChatBeeModelTest(PeerModelTestMixin, ModelTesterMixin, unittest.TestCase):
     all_model_classes = (VisCPMChatBeeForConditionalGeneration,)
+    model_tester_class = VisCPMChatBeeModelTester
+    config_tester_kwargs = {"config_class": VisCPMChatConfig, "has_text_modality": False}
     _is_composite = True
     additional_model_inputs = ["pixel_values", "image_bound"]
     # as Muffin: BEiT-3's word embeddings and masked-image-modelling token are never used (docs/conformance.md)
@@ -115,31 +102,9 @@ class VisCPMChatBeeModelTest(ModelTesterMixin, unittest.TestCase):
             inputs_dict["labels"] = labels
         return inputs_dict
 
-    def setUp(self):
-        self.model_tester = VisCPMChatBeeModelTester(self)
-        self.config_tester = ConfigTester(self, config_class=VisCPMChatConfig, has_text_modality=False)
-
-    def test_config(self):
-        self.config_tester.run_common_tests()
-
     def test_image_reaches_the_language_model(self):
         # the image reaches the LLM: another image changes the logits (the tester's inputs are really multimodal)
         config, inputs = self.model_tester.prepare_config_and_inputs_for_common()
-        torch.manual_seed(0)
-        model = VisCPMChatBeeForConditionalGeneration(config).eval()
         other = dict(inputs, pixel_values=inputs["pixel_values"].flip(-1) + 1.0)
-        with torch.no_grad():
-            a = model(**inputs).logits
-            b = model(**other).logits
+        a, b = forward_twice(VisCPMChatBeeForConditionalGeneration, config, inputs, other)
         self.assertFalse(torch.allclose(a[:, -1], b[:, -1], atol=1e-4))
-
-
-# The mixin's eager-vs-SDPA test re-pads the prompts (left and right), which moves the image spans `image_bound` points
-# at; and the LLM, CPM-Bee, has one (eager) attention implementation. BEiT-3's SDPA path is compared in the Muffin and
-# VisCPM-Chat testers (by design, docs/conformance.md).
-for _name in [n for n in dir(VisCPMChatBeeModelTest) if n.startswith("test_eager_matches_sdpa_inference")]:
-    setattr(
-        VisCPMChatBeeModelTest,
-        _name,
-        unittest.skip("re-padding moves the image spans; CPM-Bee is eager only (by design)")(lambda self: None),
-    )

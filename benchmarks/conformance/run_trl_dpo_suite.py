@@ -207,20 +207,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def build_tokenizer():
+def build_tokenizer(chat_template: str = CHATML_TEMPLATE, extra_special_tokens: tuple[str, ...] = ()):
+    """The stand-ins' byte-level BPE, trained on the zen texts and ``chat_template``, with ChatML's special tokens."""
     from hf_ext.testing import tiny_bpe_tokenizer
 
-    corpus = [" ".join(p + c + r for p, c, r in ZEN_TRAIN + ZEN_TEST)] * 4
-    corpus.append(CHATML_TEMPLATE)
-    tok = tiny_bpe_tokenizer(
-        texts=corpus,
+    return tiny_bpe_tokenizer(
+        texts=[" ".join(p + c + r for p, c, r in ZEN_TRAIN + ZEN_TEST)] * 4 + [chat_template],
         vocab_size=512,
-        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
+        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", *extra_special_tokens),
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        chat_template=CHATML_TEMPLATE,
+        chat_template=chat_template,
     )
-    return tok
 
 
 def push_models(tokenizer) -> None:
@@ -305,21 +303,10 @@ def push_vision_models() -> None:
         LlavaProcessor,
     )
 
-    from hf_ext.testing import tiny_bpe_tokenizer
-
-    tok = tiny_bpe_tokenizer(
-        texts=[" ".join(p + c + r for p, c, r in ZEN_TRAIN + ZEN_TEST)] * 4 + [VLM_TEMPLATE],
-        vocab_size=512,
-        special_tokens=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>"),
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        chat_template=VLM_TEMPLATE,
-    )
+    tok = build_tokenizer(VLM_TEMPLATE, extra_special_tokens=("<image>",))
     image_size, patch = 28, 14
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessorPil(
-            size={"height": image_size, "width": image_size}, crop_size={"height": image_size, "width": image_size}
-        ),
+    # LLaVA-1.5's conventions, for both processors and both models
+    processor_kwargs = dict(
         tokenizer=tok,
         patch_size=patch,
         vision_feature_select_strategy="default",
@@ -329,54 +316,34 @@ def push_vision_models() -> None:
     )
     text = {"model_type": "qwen2", "vocab_size": len(tok), **TINY}
     text.update(bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=16,
-            intermediate_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            image_size=image_size,
-            patch_size=patch,
-        ),
+    config_kwargs = dict(
         text_config=text,
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         vision_feature_layer=-2,
         vision_feature_select_strategy="default",
         image_seq_length=(image_size // patch) ** 2,
     )
+    square = {"height": image_size, "width": image_size}
+    tower = dict(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2)
+    vision = CLIPVisionConfig(**tower, image_size=image_size, patch_size=patch)
+    processor = LlavaProcessor(
+        image_processor=CLIPImageProcessorPil(size=square, crop_size=square), **processor_kwargs
+    )
     torch.manual_seed(0)
     repo_id = "trl-internal-testing/tiny-LlavaForConditionalGeneration"
-    LlavaForConditionalGeneration(config).push_to_hub(repo_id)
+    LlavaForConditionalGeneration(LlavaConfig(vision_config=vision, **config_kwargs)).push_to_hub(repo_id)
     processor.push_to_hub(repo_id)
 
     # LLaVA-NeXT: the same towers, any-resolution tiling over a few grid pinpoints.
     pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
-    processor = LlavaNextProcessor(
-        image_processor=LlavaNextImageProcessorPil(
-            size={"shortest_edge": image_size},
-            crop_size={"height": image_size, "width": image_size},
-            image_grid_pinpoints=pinpoints,
-        ),
-        tokenizer=tok,
-        patch_size=patch,
-        vision_feature_select_strategy="default",
-        num_additional_image_tokens=1,
-        image_token="<image>",
-        chat_template=VLM_TEMPLATE,
+    image_processor = LlavaNextImageProcessorPil(
+        size={"shortest_edge": image_size}, crop_size=square, image_grid_pinpoints=pinpoints
     )
-    config = LlavaNextConfig(
-        vision_config=config.vision_config,
-        text_config=text,
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-        image_grid_pinpoints=pinpoints,
-        image_seq_length=(image_size // patch) ** 2,
-    )
+    config = LlavaNextConfig(vision_config=vision, image_grid_pinpoints=pinpoints, **config_kwargs)
     torch.manual_seed(0)
     repo_id = "trl-internal-testing/tiny-LlavaNextForConditionalGeneration"
     LlavaNextForConditionalGeneration(config).push_to_hub(repo_id)
-    processor.push_to_hub(repo_id)
+    LlavaNextProcessor(image_processor=image_processor, **processor_kwargs).push_to_hub(repo_id)
 
 
 def push_datasets() -> None:

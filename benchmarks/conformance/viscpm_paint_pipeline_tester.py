@@ -24,7 +24,6 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import (
-    AutoencoderKL,
     DDIMScheduler,
     DPMSolverMultistepScheduler,
     EulerAncestralDiscreteScheduler,
@@ -37,7 +36,7 @@ from diffusers import (
 import hf_ext
 from hf_ext.models.cpmbee import CpmBeeConfig, CpmBeeModel, CpmBeeTokenizer
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
-from hf_ext.testing import tiny_llm_text_encoder
+from hf_ext.testing import tiny_llm_text_encoder, tiny_unet, tiny_vae
 
 from ...testing_utils import assert_tensors_close, torch_device
 from ..pipeline_params import TEXT_TO_IMAGE_BATCH_PARAMS, TEXT_TO_IMAGE_PARAMS
@@ -69,19 +68,11 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
         return text_encoder, tokenizer, self.text_hidden_size
 
     def get_dummy_components(self, time_cond_proj_dim=None):
-        torch.manual_seed(0)
-        unet = UNet2DConditionModel(
-            block_out_channels=(4, 8),
-            layers_per_block=1,
-            sample_size=32,
-            time_cond_proj_dim=time_cond_proj_dim,
-            in_channels=4,
-            out_channels=4,
-            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-            cross_attention_dim=self.cross_attention_dim,
-            norm_num_groups=2,
-        )
+        # hf_ext.testing's tiny UNet and VAE are diffusers' SD tester components (same sizes, seed 0)
+        unet = tiny_unet(self.cross_attention_dim, sample_size=32)
+        if time_cond_proj_dim is not None:  # the LCM variant of diffusers' SD tests
+            torch.manual_seed(0)
+            unet = UNet2DConditionModel.from_config(unet.config, time_cond_proj_dim=time_cond_proj_dim)
         scheduler = DDIMScheduler(
             beta_start=0.00085,
             beta_end=0.012,
@@ -89,16 +80,7 @@ class VisCPMPaintPipelineTesterConfig(BasePipelineTesterConfig):
             clip_sample=False,
             set_alpha_to_one=False,
         )
-        torch.manual_seed(0)
-        vae = AutoencoderKL(
-            block_out_channels=[4, 8],
-            in_channels=3,
-            out_channels=3,
-            down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-            up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-            latent_channels=4,
-            norm_num_groups=2,
-        )
+        vae = tiny_vae(seed=0)
         text_encoder, tokenizer, text_hidden_size = self.get_text_side()
         torch.manual_seed(0)
         text_projection = VisCPMPaintTextProjection(

@@ -163,6 +163,13 @@ class StudyConfig:
             ``"official"`` (what RLHF-V's trainer freezes: BEiT-3's vision experts and vision embedding; see
             [`~benchmarks.hallucination.gates.freeze_vision`]).
         gates (`GateThresholds`): gate thresholds; ``enforce_gates`` stops a failing run.
+        gate_failure (`str`, *optional*, defaults to `"replace"`): what a seed whose SFT model fails the gates does
+            (with ``enforce_gates``): ``"stop"`` raises :class:`GateError`; ``"exclude"`` records the seed (its gate
+            values and the reason) and runs no preference arm on it; ``"replace"`` also draws the next unused seed,
+            until ``len(seeds)`` seeds pass or ``max_replacements`` seeds were drawn. The learning-rate seed always
+            stops. The gates are measured before any preference run, so excluding a seed selects on the premise
+            (the model sees and its prior misleads), never on the outcome the arms are compared on.
+        max_replacements (`int`, *optional*, defaults to `8`): at most this many replacement seeds.
     """
 
     seeds: Sequence[int] = tuple(range(8))
@@ -208,6 +215,8 @@ class StudyConfig:
     vision_freeze: str = "tower"
     gates: GateThresholds = field(default_factory=GateThresholds)
     enforce_gates: bool = True
+    gate_failure: str = "replace"
+    max_replacements: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, dict):
@@ -228,6 +237,10 @@ class StudyConfig:
             raise ValueError(f"vision_freeze must be 'tower' or 'official', got {self.vision_freeze!r}.")
         if not self.lr_grid:
             raise ValueError("lr_grid must hold at least one learning rate.")
+        if self.gate_failure not in ("stop", "exclude", "replace"):
+            raise ValueError(f"gate_failure must be 'stop', 'exclude' or 'replace', got {self.gate_failure!r}.")
+        if self.max_replacements < 0:
+            raise ValueError(f"max_replacements must be >= 0, got {self.max_replacements}.")
 
     def task(self, part: str) -> GroundedTaskConfig:
         """Generator settings of ``part``: ``"bridge"`` (bridge pre-training images: no prior), ``"sft"``,
@@ -868,9 +881,19 @@ def run_seed(
     for line in gates.lines():
         log(line)
     if not gates.passed and config.enforce_gates:
-        raise GateError(
-            f"seed {seed}: " + "; ".join(gates.failures) + ". No preference run on a model that fails the gates."
-        )
+        reason = f"seed {seed}: " + "; ".join(gates.failures) + ". No preference run on a model that fails the gates."
+        if config.gate_failure == "stop" or seed == config.lr_seed:  # the learning-rate seed picks every arm's rate
+            raise GateError(reason)
+        log(f"seed {seed}: EXCLUDED ({'; '.join(gates.failures)}); no preference run on it")
+        return {
+            "seed": seed,
+            "gates": gates.to_dict(),
+            "excluded": True,
+            "reason": reason,
+            "runs": [],
+            "info": info,
+            "seconds": time.perf_counter() - t0,
+        }
     settings = config.settings(seed)
     n_max = max(n for n, _ in settings)
     t1 = time.perf_counter()
@@ -982,6 +1005,25 @@ def run_study(
         save_results(res, path)
         log(f"seed {seed}: done in {res['seconds']:.0f}s -> {path}")
         results.append(res)
+    if config.gate_failure == "replace":
+        # a seed whose SFT model fails the gates is replaced by the next unused seed until len(seeds) seeds pass;
+        # the gates are measured before any preference run, so this selects on the premise, not on the outcome
+        next_seed, replaced = max(config.seeds) + 1, 0
+        while sum(not r.get("excluded") for r in results) < len(config.seeds) and replaced < config.max_replacements:
+            seed, next_seed, replaced = next_seed, next_seed + 1, replaced + 1
+            path = out / "seeds" / f"seed{seed}.json"
+            if path.exists():
+                results.append(json.loads(path.read_text()))
+                log(f"seed {seed} (replacement): loaded {path} (already done)")
+                continue
+            log(f"seed {seed}: start (replaces an excluded seed)")
+            res = run_seed(config, seed, work, lrs, tokenizer, log, bar, log_file)
+            save_results(res, path)
+            log(f"seed {seed}: done in {res['seconds']:.0f}s -> {path}")
+            results.append(res)
+        passing = sum(not r.get("excluded") for r in results)
+        if passing < len(config.seeds):
+            log(f"only {passing} of {len(config.seeds)} seeds pass the gates after {replaced} replacements")
     results.sort(key=lambda r: r["seed"])
     return {"config": _config_dict(config), "seeds": results, "runs": [r for res in results for r in res["runs"]]}
 

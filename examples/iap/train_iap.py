@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import random
+import sys
 from pathlib import Path
 
 import diffusers
@@ -50,6 +51,9 @@ from hf_ext.pipelines.iap import (
     sample_timesteps,
     tokenize_like_sd,
 )
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for `_shared`
+from _shared import scale_learning_rate  # noqa: E402
 
 logger = get_logger(__name__, log_level=os.environ.get("HF_EXT_LOG_LEVEL", "INFO"))
 
@@ -191,8 +195,7 @@ def main(args: argparse.Namespace) -> Path:
         accelerator, {IAPTextProjection: "text_projection", PreTrainedModel: "text_encoder"}
     )
 
-    if args.scale_lr:
-        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    scale_learning_rate(args, accelerator)
     groups = [{"params": [p for p in zh_text_encoder.parameters() if p.requires_grad], "lr": args.learning_rate}]
     if projection is not None:
         groups.append(

@@ -8,48 +8,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for `_shared`
+from _shared import add_sft_arguments, load_model_and_processor, sft_config, unimm_chat_dataset  # noqa: E402
 
 CAPTION_PROMPT = "Describe the image briefly."
 
 
-def add_common_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model_name_or_path", default=None, help="hf_ext Muffin/VisCPM-Chat checkpoint (folder or Hub id)."
+def mpm_parser(description: str, train_files_help: str) -> argparse.ArgumentParser:
+    """The arguments both stages take; a stage adds its own."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_sft_arguments(
+        parser,
+        model_help="hf_ext Muffin/VisCPM-Chat checkpoint (folder or Hub id).",
+        tiny_help="Use a random tiny VisCPM-Chat built offline (smoke test).",
     )
-    parser.add_argument(
-        "--tiny", action="store_true", help="Use a random tiny VisCPM-Chat built offline (smoke test)."
-    )
-    parser.add_argument("--demo_data", action="store_true", help="Use a few synthetic rows instead of --train_files.")
-    parser.add_argument("--output_dir", required=True)
-    parser.add_argument("--max_steps", type=int, default=-1)
-    parser.add_argument("--num_train_epochs", type=float, default=1.0)
-    parser.add_argument("--per_device_train_batch_size", type=int, default=4)
-    parser.add_argument("--gradient_accumulation_steps", type=int, default=1)
-    parser.add_argument("--learning_rate", type=float, default=2e-5)
+    parser.add_argument("--train_files", nargs="*", help=train_files_help)
     parser.add_argument("--warmup_ratio", type=float, default=0.03)
-    parser.add_argument("--max_length", type=int, default=2048)
-    parser.add_argument("--gradient_checkpointing", action="store_true")
-    parser.add_argument("--bf16", action="store_true")
     parser.add_argument("--assistant_only_loss", action="store_true", help="Mask human turns (Muffin's default).")
-    parser.add_argument("--report_to", default="none")
     parser.add_argument("--seed", type=int, default=0)
-
-
-def load_model_and_processor(args):
-    if args.tiny:
-        from hf_ext.testing import tiny_muffin
-
-        return tiny_muffin(model_type="viscpm_chat", seed=args.seed)
-    if args.model_name_or_path is None:
-        raise ValueError("Pass --model_name_or_path (an hf_ext checkpoint, e.g. from the converters) or --tiny.")
-    from transformers import AutoModelForImageTextToText, AutoProcessor
-
-    import hf_ext  # noqa: F401  (registers the model types)
-
-    model = AutoModelForImageTextToText.from_pretrained(args.model_name_or_path)
-    processor = AutoProcessor.from_pretrained(args.model_name_or_path)
-    return model, processor
+    return parser
 
 
 def caption_dataset(jsonl_files: list[str] | None, demo: bool):
@@ -95,24 +75,15 @@ def caption_dataset(jsonl_files: list[str] | None, demo: bool):
 
 def instruction_dataset(parquet_files: list[str] | None, demo: bool):
     """Stage-2 data: UniMM-Chat parquet files (Hub schema) → TRL conversational rows with images."""
-    import tempfile
-
-    from dataset_builders.unimm_chat import load_unimm_chat, write_unimm_chat_parquet
-
-    if demo:
-        parquet_files = [str(write_unimm_chat_parquet(Path(tempfile.mkdtemp()) / "unimm_chat_demo.parquet"))]
-    if not parquet_files:
-        raise ValueError("Pass --train_files (UniMM-Chat parquet files) or --demo_data.")
-    ds = load_unimm_chat(parquet_files, on_bad_row="skip")
-    return ds.select_columns(["messages", "images"])
+    return unimm_chat_dataset(parquet_files, demo)
 
 
 def run(args, stage: int, dataset) -> None:
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTTrainer
 
     from hf_ext.models.viscpm_chat import prepare_mpm_stage
 
-    model, processor = load_model_and_processor(args)
+    model, processor = load_model_and_processor(args, model_type="viscpm_chat", seed=args.seed)
     counts = prepare_mpm_stage(
         model,
         stage,
@@ -120,23 +91,10 @@ def run(args, stage: int, dataset) -> None:
         freeze_vision_experts=getattr(args, "freeze_vision_experts", False),
     )
     print(f"MPM stage {stage}: {counts['trainable']:,} trainable / {counts['frozen']:,} frozen parameters")
-    config = SFTConfig(
-        output_dir=args.output_dir,
-        max_steps=args.max_steps,
-        num_train_epochs=args.num_train_epochs,
-        per_device_train_batch_size=args.per_device_train_batch_size,
-        gradient_accumulation_steps=args.gradient_accumulation_steps,
-        learning_rate=args.learning_rate,
-        lr_scheduler_type="cosine",
-        warmup_steps=args.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        weight_decay=0.0,
-        max_length=args.max_length,
-        gradient_checkpointing=args.gradient_checkpointing,
-        bf16=args.bf16,
+    config = sft_config(
+        args,
+        warmup_steps=args.warmup_ratio,
         assistant_only_loss=args.assistant_only_loss,
-        report_to=args.report_to,
-        logging_steps=1,
-        save_strategy="no",
         seed=args.seed,
         remove_unused_columns=False,
     )

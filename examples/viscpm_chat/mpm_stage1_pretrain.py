@@ -18,13 +18,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpm_common import add_common_args, caption_dataset, run  # noqa: E402
+from mpm_common import caption_dataset, mpm_parser, run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--train_files", nargs="*", help="JSON lines files with `image` (path) and `caption`.")
+    parser = mpm_parser(__doc__, train_files_help="JSON lines files with `image` (path) and `caption`.")
     parser.add_argument(
         "--freeze_patch_embed", action="store_true", help="Official code: keep patch embedding frozen."
     )

@@ -17,14 +17,13 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from mpm_common import add_common_args, instruction_dataset, run  # noqa: E402
+from mpm_common import instruction_dataset, mpm_parser, run  # noqa: E402
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(parser)
-    parser.add_argument("--train_files", nargs="*", help="UniMM-Chat parquet files (Yirany/UniMM-Chat schema).")
-    return parser.parse_args(argv)
+    return mpm_parser(__doc__, train_files_help="UniMM-Chat parquet files (Yirany/UniMM-Chat schema).").parse_args(
+        argv
+    )
 
 
 def main(argv=None) -> None:

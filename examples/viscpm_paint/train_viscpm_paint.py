@@ -30,6 +30,7 @@ import argparse
 import math
 import os
 import random
+import sys
 from pathlib import Path
 
 import torch
@@ -41,6 +42,9 @@ from transformers import AutoModel, AutoTokenizer
 
 from hf_ext.pipelines import training_utils
 from hf_ext.pipelines.viscpm_paint import VisCPMPaintPipeline, VisCPMPaintTextProjection
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/, for `_shared`
+from _shared import scale_learning_rate  # noqa: E402
 
 logger = get_logger(__name__, log_level=os.environ.get("HF_EXT_LOG_LEVEL", "INFO"))
 
@@ -187,8 +191,7 @@ def main(args: argparse.Namespace) -> Path:
         accelerator, {VisCPMPaintTextProjection: "text_projection", UNet2DConditionModel: "unet"}
     )
 
-    if args.scale_lr:
-        args.learning_rate *= args.gradient_accumulation_steps * args.train_batch_size * accelerator.num_processes
+    scale_learning_rate(args, accelerator)
     groups = [{"params": list(projection.parameters()), "lr": args.learning_rate}]
     if cross_params:
         groups.append({"params": cross_params, "lr": args.cross_attention_learning_rate or args.learning_rate})

@@ -1,7 +1,8 @@
 """Model and dataset cards for hf_ext artefacts, filled through ``huggingface_hub``'s ``ModelCard`` / ``DatasetCard``.
 
-Each method family has a Jinja template in ``model_cards/<family>.md`` (shipped inside the package as
-``hf_ext/hub/templates/<family>.md`` when installed, read from the repository otherwise). The metadata of each
+Each method family has a Jinja template in the repository's ``model_cards/<family>.md``, shipped inside the wheel as
+``hf_ext/model_cards/<family>.md`` (see ``setup.py``); :func:`template_path` finds it installed, in an editable install
+and in a checkout on ``PYTHONPATH``. The metadata of each
 paper (arXiv id, BibTeX, licence, tags, whether hf_ext *reconstructed* the method from an abstract) lives in
 :data:`FAMILIES`, so a card always carries the citation and an honest statement of what was reconstructed.
 """
@@ -134,18 +135,37 @@ def family_for_model_type(model_type: str) -> str | None:
     return None
 
 
+# Where the card templates are: inside the installed package (the wheel maps the repository's model_cards/ there), then
+# the repository's own model_cards/ (a checkout on PYTHONPATH, or an editable install).
+_TEMPLATE_DIRS: tuple[Path, ...] = (
+    Path(__file__).resolve().parents[1] / "model_cards",
+    Path(__file__).resolve().parents[2] / "model_cards",
+)
+
+
 def template_path(family: str) -> Path:
-    """Path of the Jinja template of ``family``; raises a ValueError naming the known families."""
+    """Path of the Jinja card template of ``family``: ``hf_ext/model_cards/<family>.md`` inside the installed package,
+    else ``model_cards/<family>.md`` at the root of the repository holding ``hf_ext`` (a checkout).
+
+    Args:
+        family (`str`):
+            A key of :data:`FAMILIES` (``"rlhf_v"``, ``"muffin"``, ...).
+
+    Raises:
+        ValueError: ``family`` is not a known card family (the message lists the known ones).
+        FileNotFoundError: no folder holds ``<family>.md`` (the message names the file and every folder searched).
+    """
     if family not in FAMILIES:
         raise ValueError(f"Unknown card family {family!r}; known families: {sorted(FAMILIES)}.")
-    candidates = [
-        Path(__file__).parent / "templates" / f"{family}.md",  # installed package
-        Path(__file__).resolve().parents[2] / "model_cards" / f"{family}.md",  # source checkout
-    ]
-    for path in candidates:
+    for folder in _TEMPLATE_DIRS:
+        path = folder / f"{family}.md"
         if path.is_file():
             return path
-    raise FileNotFoundError(f"No model card template for {family!r}; looked in {[str(c) for c in candidates]}.")
+    raise FileNotFoundError(
+        f"The model card template {family}.md of family {family!r} is missing; searched "
+        f"{', '.join(str(folder) for folder in _TEMPLATE_DIRS)}. Installed from a wheel it ships as "
+        f"hf_ext/model_cards/{family}.md; reinstall hf_ext (or, in a checkout, restore model_cards/{family}.md)."
+    )
 
 
 def _format_config(training_config: Mapping[str, Any] | Any | None) -> str | None:

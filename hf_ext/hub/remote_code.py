@@ -142,6 +142,7 @@ def export_remote_code(obj: Any, save_directory: str | Path) -> list[Path]:
         for auto_name, model_cls in entry["models"].items():
             classes.append(model_cls)
             auto_map[auto_name] = _class_ref(model_cls)
+        classes += entry.get("variants", [])  # reached through a registered class: their code ships, no auto_map
         for key, auto_name in (("processor", "AutoProcessor"), ("image_processor", "AutoImageProcessor")):
             if entry.get(key) is not None:
                 classes.append(entry[key])

@@ -12,7 +12,7 @@ Every registered hf_ext model class gets a ``from_pretrained`` that
 
 and a ``save_pretrained`` that also writes the weights' sha256 manifest (``weights_manifest.json``).
 
-:func:`enable_clear_config_errors` (called when hf_ext registers its models) makes ``AutoConfig.from_pretrained``
+:func:`enable_clear_config_errors` (applied with the rest by :func:`hf_ext.hub.apply_hub_behaviour`) makes ``AutoConfig.from_pretrained``
 (which every ``AutoModel*.from_pretrained`` calls) check a *local* folder first: no ``config.json`` is an error that
 says so (instead of "Should have a `model_type` key"), and a ``model_type`` nobody registered, in a config that ships
 remote code, is an error naming the registered types (with the closest match) instead of the interactive
@@ -28,6 +28,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from ..utils.integrity import CorruptCheckpointError
+
 __all__ = [
     "CheckpointConfigError",
     "CorruptCheckpointError",
@@ -35,10 +37,6 @@ __all__ = [
     "enable_clear_config_errors",
     "enable_safe_loading",
 ]
-
-
-class CorruptCheckpointError(OSError):
-    """A weight file exists but cannot be read (truncated, corrupted, or not a safetensors file)."""
 
 
 class CheckpointConfigError(OSError, ValueError):
@@ -121,7 +119,7 @@ def enable_safe_loading(cls: type) -> None:
 
     @functools.wraps(func)
     def from_pretrained(klass, pretrained_model_name_or_path, *args, **kwargs):
-        from hf_ext.hub.integrity import verification_requested, verify_weights
+        from ..utils.integrity import verification_requested, verify_weights
 
         if verification_requested(kwargs):
             verify_weights(
@@ -161,7 +159,7 @@ def enable_safe_loading(cls: type) -> None:
 
     @functools.wraps(save)
     def save_pretrained(self, save_directory, *args, **kwargs):
-        from hf_ext.hub.integrity import write_weights_manifest
+        from ..utils.integrity import write_weights_manifest
 
         result = save(self, save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True) and os.path.isdir(save_directory):

@@ -8,8 +8,9 @@
   module you pass in (no Inception download). :class:`CLIPImageFeatureExtractor` turns a CLIP vision tower into one
   ("FID_CLIP"); with the standard Inception features use ``feature=2048`` in torchmetrics directly (needs
   ``torch-fidelity`` and a weight download).
-* :func:`iap_alignment_distance`: the IAP attentive-feature distance between English and Chinese conditioning of a
-  frozen UNet, averaged over fixed timesteps (a held-out alignment metric for IAP training).
+
+The IAP alignment distance (English vs. Chinese conditioning of a frozen UNet) is a diffusion-side measurement; it
+lives with its loss as :func:`hf_ext.pipelines.iap.iap_alignment_distance` (metrics import no pipelines).
 
 FID depends on the feature extractor, the image count, resizing and the sampler: compare numbers only when all of these
 match.
@@ -36,7 +37,6 @@ __all__ = [
     "ImageEval",
     "clip_score",
     "frechet_distance",
-    "iap_alignment_distance",
     "to_uint8_tensors",
 ]
 
@@ -180,42 +180,6 @@ def frechet_distance(real_images, fake_images, feature_extractor: nn.Module, bat
     for start in range(0, len(fake), batch_size):
         metric.update(fake[start : start + batch_size], real=False)
     return float(metric.compute())
-
-
-@torch.no_grad()
-def iap_alignment_distance(
-    unet: nn.Module,
-    scheduler,
-    latents: torch.Tensor,
-    en_hidden_states: torch.Tensor,
-    zh_hidden_states: torch.Tensor,
-    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
-    generator: torch.Generator | None = None,
-    **loss_kwargs,
-) -> dict:
-    r"""
-    IAP alignment distance of a Chinese encoder on held-out (image latents, English states, Chinese states) triples.
-
-    Noise is drawn once (from `generator`) and added at each of `timesteps`; the distance is
-    [`~hf_ext.pipelines.iap.iap_alignment_loss`] (same `layers`/`distance`/`pivot` options through `loss_kwargs`).
-
-    Returns:
-        `dict`: `{"mean": float, "per_timestep": {t: float}, "per_layer": {name: float}}` (per-layer values averaged
-        over timesteps).
-    """
-    from hf_ext.pipelines.iap.loss import iap_alignment_loss
-
-    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
-    per_timestep: dict[int, float] = {}
-    per_layer: dict[str, float] = {}
-    for t in timesteps:
-        t_batch = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
-        noisy = scheduler.add_noise(latents, noise, t_batch)
-        out = iap_alignment_loss(unet, noisy, t_batch, en_hidden_states, zh_hidden_states, **loss_kwargs)
-        per_timestep[int(t)] = float(out.loss)
-        for name, value in out.per_layer.items():
-            per_layer[name] = per_layer.get(name, 0.0) + float(value) / len(timesteps)
-    return {"mean": float(np.mean(list(per_timestep.values()))), "per_timestep": per_timestep, "per_layer": per_layer}
 
 
 class ImageEval(evaluate.Metric):

@@ -2,7 +2,8 @@
 
 Each sub-package follows transformers' layout (``configuration_<name>.py``, ``modeling_<name>.py``,
 ``processing_<name>.py``) and registers itself in its ``__init__`` through
-:func:`hf_ext.models._registry.register_model`.
+:func:`hf_ext.models._registry.register_model`. Model code knows nothing of the Hub: :mod:`hf_ext.hub` gives every
+registered class its Hub behaviour (remote-code export, safetensors-only loading) through a registry listener.
 """
 
 import importlib

@@ -1,12 +1,20 @@
-"""One place where hf_ext model classes are registered with the transformers Auto classes."""
+"""One place where hf_ext model classes are registered with the transformers Auto classes.
+
+The registry records what each model family registers and tells the listeners added with
+:func:`add_registration_listener` about it (every family registered so far, then each new one). It knows nothing of
+the Hub: :mod:`hf_ext.hub` adds the listener that gives every registered class its Hub behaviour (remote-code export,
+safetensors-only loading), so the arrow runs one way, hub -> models.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import transformers
 
 _REGISTERED: dict[str, dict[str, Any]] = {}
+_LISTENERS: list[Callable[[str, dict[str, Any]], None]] = []
 
 
 def register_model(
@@ -16,6 +24,7 @@ def register_model(
     processor_class: type | None = None,
     image_processor_class: type | None = None,
     tokenizer_class: type | None = None,
+    variant_classes: list[type] | None = None,
 ) -> None:
     """Register ``config_class`` under ``model_type`` and each model class with the named Auto class.
 
@@ -26,17 +35,14 @@ def register_model(
             ``{"AutoModel": MuffinModel, "AutoModelForImageTextToText": MuffinForConditionalGeneration}``.
         processor_class, image_processor_class, tokenizer_class (`type`, *optional*): registered with
             ``AutoProcessor``, ``AutoImageProcessor`` and ``AutoTokenizer``.
+        variant_classes (`list[type]`, *optional*): model classes of this ``model_type`` that no Auto class maps to
+            because a registered class returns them for some configs (``VisCPMChatForConditionalGeneration`` builds a
+            ``VisCPMChatBeeForConditionalGeneration`` for a CPM-Bee ``text_config``). They are recorded so that they
+            get the same treatment as the registered models (e.g. the Hub behaviour, see :mod:`hf_ext.hub`).
 
-    Registration is idempotent: importing a module twice (e.g. via remote code) does not fail.
-
-    It also makes ``save_pretrained`` / ``push_to_hub`` of the model, processor and image processor classes ship
-    their code and an ``auto_map`` (see :mod:`hf_ext.hub.remote_code`), so checkpoints load with
-    ``trust_remote_code=True`` where hf_ext is not installed, and makes ``from_pretrained`` load only safetensors
-    unless the caller opts in with ``use_safetensors=False`` (see :mod:`hf_ext.hub.safe_loading`).
+    Registration is idempotent: importing a module twice (e.g. via remote code) does not fail. The listeners added
+    with :func:`add_registration_listener` are called with ``(model_type, entry)`` once the family is registered.
     """
-    from ..hub.remote_code import enable_remote_code_export
-    from ..hub.safe_loading import enable_clear_config_errors, enable_safe_loading
-
     if getattr(config_class, "model_type", None) != model_type:
         raise ValueError(
             f"{config_class.__name__}.model_type is {getattr(config_class, 'model_type', None)!r}, "
@@ -56,21 +62,34 @@ def register_model(
         )
     if tokenizer_class is not None:
         transformers.AutoTokenizer.register(config_class, fast_tokenizer_class=tokenizer_class, exist_ok=True)
-    for cls in [*(models or {}).values(), processor_class, image_processor_class]:
-        if cls is not None:
-            enable_remote_code_export(cls, model_type)
-    for cls in (models or {}).values():
-        enable_safe_loading(cls)
-    enable_clear_config_errors()
-    _REGISTERED[model_type] = {
+    entry = {
         "config": config_class,
         "models": dict(models or {}),
+        "variants": list(variant_classes or []),
         "processor": processor_class,
         "image_processor": image_processor_class,
         "tokenizer": tokenizer_class,
     }
+    _REGISTERED[model_type] = entry
+    for listener in list(_LISTENERS):
+        listener(model_type, entry)
 
 
 def registered_models() -> dict[str, dict[str, Any]]:
-    """Return what hf_ext registered: ``{model_type: {"config": ..., "models": {...}, ...}}``."""
+    """Return what hf_ext registered: ``{model_type: {"config": ..., "models": {...}, "variants": [...], ...}}``."""
     return dict(_REGISTERED)
+
+
+def add_registration_listener(listener: Callable[[str, dict[str, Any]], None]) -> None:
+    """Call ``listener(model_type, entry)`` (``entry`` as in :func:`registered_models`) for every model family
+    registered so far and for each one registered later. Adding the same listener twice adds it once.
+
+    Args:
+        listener (`Callable[[str, dict], None]`): called once per :func:`register_model` call; it should be
+            idempotent, since a family can be registered again (e.g. when its module is imported twice).
+    """
+    if listener in _LISTENERS:
+        return
+    _LISTENERS.append(listener)
+    for model_type, entry in list(_REGISTERED.items()):
+        listener(model_type, entry)

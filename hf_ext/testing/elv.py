@@ -19,7 +19,7 @@ from transformers import PreTrainedTokenizerBase
 from hf_ext.models.elv_predictor.configuration_elv_predictor import ELVPredictorConfig
 from hf_ext.models.elv_predictor.modeling_elv_predictor import ELVPredictorModel
 from hf_ext.testing.tokenizers import tiny_bpe_tokenizer
-from hf_ext.trainers.elv.elv_model import ELVModel, ELVModelConfig
+from hf_ext.trainers.elv import ELVModel, ELVModelConfig
 
 
 def tiny_elv_model(

@@ -14,7 +14,7 @@
   checkpoint folders at any depth (``checkpoint-*``, ``.tmp-checkpoint-*``), whatever else a reused ``output_dir``
   holds;
 * **weights manifest**: every save writes ``weights_manifest.json`` (sha256 of each ``*.safetensors``) for
-  :func:`hf_ext.hub.integrity.verify_weights`.
+  :func:`hf_ext.utils.integrity.verify_weights`.
 """
 
 from __future__ import annotations
@@ -208,7 +208,7 @@ class SafeCheckpointMixin:
             # transformers calls `_save` on every process; only the saving one owns the folder (another may be
             # renaming it from its staging name at this very moment)
             return
-        from ..hub.integrity import write_weights_manifest
+        from .integrity import write_weights_manifest
 
         write_weights_manifest(output_dir)
 

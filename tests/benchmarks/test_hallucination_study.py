@@ -386,3 +386,72 @@ def test_freeze_vision_official_scope(tiny):
     assert any(".language_expert." in k and p.requires_grad for k, p in m.model.vision_tower.named_parameters())
     with pytest.raises(ValueError, match="scope must be"):
         freeze_vision(m, "all")
+
+
+@pytest.mark.parametrize(
+    "mode, failing, expected_seeds, expected_passing",
+    [
+        ("replace", {2}, [0, 1, 2, 3, 4], [0, 1, 3, 4]),  # seed 2 fails: seed 4 (the next unused) replaces it
+        ("replace", {2, 4}, [0, 1, 2, 3, 4, 5], [0, 1, 3, 5]),  # the replacement fails too: one more
+        ("exclude", {2}, [0, 1, 2, 3], [0, 1, 3]),  # recorded, no replacement
+    ],
+)
+def test_gate_failure_excludes_and_replaces_seeds(
+    monkeypatch, tmp_path, mode, failing, expected_seeds, expected_passing
+):
+    """A seed whose SFT model fails the gates runs no arm; "replace" draws the next unused seed until len(seeds)
+    pass; every seed, excluded or not, is saved and loaded back on resume."""
+    import benchmarks.hallucination.study as study
+
+    calls = []
+
+    def fake_run_seed(config, seed, work, lrs, *args):
+        calls.append(seed)
+        if seed in failing:
+            return {
+                "seed": seed,
+                "gates": {"passed": False},
+                "excluded": True,
+                "reason": f"seed {seed}",
+                "runs": [],
+                "seconds": 1.0,
+            }
+        run = {"seed": seed, "method": "dpo", "pairs": 1, "beta": 0.5}
+        return {
+            "seed": seed,
+            "gates": {"passed": True},
+            "learning_rates": {"dpo": 1e-4},
+            "runs": [run],
+            "seconds": 1.0,
+        }
+
+    monkeypatch.setattr(study, "run_seed", fake_run_seed)
+    monkeypatch.setattr(study, "build_tokenizer", lambda config: None)
+    config = StudyConfig(seeds=(0, 1, 2, 3), arms=("dpo",), gate_failure=mode, max_replacements=3)
+    res = study.run_study(config, tmp_path / "out", tmp_path / "work")
+    assert [s["seed"] for s in res["seeds"]] == expected_seeds
+    assert sorted({r["seed"] for r in res["runs"]}) == expected_passing
+    assert sorted(calls) == expected_seeds
+    calls.clear()
+    again = study.run_study(config, tmp_path / "out", tmp_path / "work")  # resume: everything loaded, nothing rerun
+    assert calls == [] and [s["seed"] for s in again["seeds"]] == expected_seeds
+
+
+def test_gate_failure_replacements_are_capped(monkeypatch, tmp_path):
+    import benchmarks.hallucination.study as study
+
+    monkeypatch.setattr(
+        study,
+        "run_seed",
+        lambda config, seed, *a: (
+            {"seed": seed, "excluded": True, "reason": "x", "runs": [], "seconds": 1.0}
+            if seed
+            else {"seed": 0, "learning_rates": {"dpo": 1e-4}, "runs": [], "seconds": 1.0}
+        ),
+    )
+    monkeypatch.setattr(study, "build_tokenizer", lambda config: None)
+    config = StudyConfig(seeds=(0, 1), arms=("dpo",), gate_failure="replace", max_replacements=2)
+    res = study.run_study(config, tmp_path / "out", tmp_path / "work")
+    assert [s["seed"] for s in res["seeds"]] == [0, 1, 2, 3]  # 1 failed, 2 and 3 drawn, then the cap
+    with pytest.raises(ValueError, match="gate_failure"):
+        StudyConfig(gate_failure="skip")

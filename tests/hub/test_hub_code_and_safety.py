@@ -91,9 +91,10 @@ def rcpkg(tmp_path, monkeypatch):
     from rcpkg.models.top.configuration_top import TopConfig
     from rcpkg.models.top.modeling_top import TopModel
 
-    from hf_ext.models._registry import register_model
+    from hf_ext.models import _registry
 
-    register_model("rc_top", TopConfig, models={"AutoModel": TopModel})
+    monkeypatch.setattr(_registry, "_REGISTERED", dict(_registry._REGISTERED))  # rc_top is gone after the test
+    _registry.register_model("rc_top", TopConfig, models={"AutoModel": TopModel})
     yield TopConfig, TopModel
     for name in [m for m in sys.modules if m.startswith("rcpkg")]:
         del sys.modules[name]

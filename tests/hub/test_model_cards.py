@@ -1,9 +1,14 @@
 """Model and dataset cards: every family's template renders with its citation and honest reconstruction note."""
 
+from pathlib import Path
+
 import pytest
 from huggingface_hub import ModelCard
 
-from hf_ext.hub.cards import FAMILIES, HfExtModelCardMixin, create_dataset_card, create_model_card
+from hf_ext.hub import cards
+from hf_ext.hub.cards import FAMILIES, HfExtModelCardMixin, create_dataset_card, create_model_card, template_path
+
+REPO_MODEL_CARDS = Path(__file__).resolve().parents[2] / "model_cards"
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -31,6 +36,41 @@ def test_every_family_card_renders(family, tmp_path):
 def test_unknown_family_is_a_clear_error():
     with pytest.raises(ValueError, match="known families"):
         create_model_card("nope", model_id="x")
+
+
+def test_every_family_has_exactly_one_template_in_model_cards():
+    # the wheel ships model_cards/*.md as hf_ext/model_cards/ (setup.py): a family without a file there cannot render
+    assert sorted(p.stem for p in REPO_MODEL_CARDS.glob("*.md")) == sorted(FAMILIES)
+
+
+def test_template_path_in_a_checkout_is_the_repository_file():
+    # tests run from the checkout: hf_ext/model_cards/ does not exist, so the lookup falls back to <repo>/model_cards
+    assert not (Path(cards.__file__).resolve().parents[1] / "model_cards").exists()
+    for family in FAMILIES:
+        assert template_path(family) == REPO_MODEL_CARDS / f"{family}.md"
+
+
+def test_template_path_prefers_the_installed_package_folder(tmp_path, monkeypatch):
+    package, checkout = tmp_path / "site-packages" / "hf_ext" / "model_cards", tmp_path / "checkout" / "model_cards"
+    for folder in (package, checkout):
+        folder.mkdir(parents=True)
+        (folder / "rlhf_v.md").write_text(f"---\n---\n{folder.parent.name}\n")
+    monkeypatch.setattr(cards, "_TEMPLATE_DIRS", (package, checkout))
+    assert template_path("rlhf_v") == package / "rlhf_v.md"
+    (package / "rlhf_v.md").unlink()
+    assert template_path("rlhf_v") == checkout / "rlhf_v.md"
+    card = create_model_card("rlhf_v", model_id="tester/model")
+    assert "checkout" in card.text  # rendered from the file found, not from a copy elsewhere
+
+
+def test_missing_template_names_the_file_and_the_folders_searched(tmp_path, monkeypatch):
+    folders = (tmp_path / "installed", tmp_path / "checkout")
+    monkeypatch.setattr(cards, "_TEMPLATE_DIRS", folders)
+    with pytest.raises(FileNotFoundError) as excinfo:
+        create_model_card("muffin", model_id="tester/model")
+    message = str(excinfo.value)
+    assert "muffin.md" in message
+    assert all(str(folder) in message for folder in folders)
 
 
 def test_dataset_card():

@@ -1,4 +1,4 @@
-"""Offline evaluation helpers: CLIP score (transformers 5), FID with a user-given extractor, IAP distance."""
+"""Offline evaluation helpers: CLIP score (transformers 5), FID with a user-given extractor."""
 
 import numpy as np
 import pytest
@@ -16,9 +16,8 @@ from transformers import (
     CLIPProcessor,
 )
 
-from hf_ext.metrics.image_eval import CLIPImageFeatureExtractor, clip_score, frechet_distance, iap_alignment_distance
-from hf_ext.pipelines.iap import encode_text_like_sd, iap_alignment_loss, tokenize_like_sd
-from hf_ext.testing import ZH_CHARS, tiny_clip_tokenizer, tiny_iap_components
+from hf_ext.metrics.image_eval import CLIPImageFeatureExtractor, clip_score, frechet_distance
+from hf_ext.testing import ZH_CHARS, tiny_clip_tokenizer
 
 VISION = {"image_size": 32, "patch_size": 8, "hidden_size": 16, "intermediate_size": 32, "num_hidden_layers": 2,
           "num_attention_heads": 2}  # fmt: skip
@@ -102,31 +101,6 @@ def test_frechet_distance_matches_scipy(clip):
         frechet_distance(real[:1], fake, extractor)
 
 
-def test_iap_alignment_distance():
-    c = tiny_iap_components(zh_hidden_size=12)
-    c["unet"].requires_grad_(False)
-    en_ids = tokenize_like_sd(c["en_tokenizer"], ["a red cat"])["input_ids"]
-    with torch.no_grad():
-        en = encode_text_like_sd(c["en_text_encoder"], en_ids)
-        zh_in = tokenize_like_sd(c["zh_tokenizer"], ["一只红色的猫"])
-        zh = encode_text_like_sd(c["zh_text_encoder"], zh_in["input_ids"], None, c["text_projection"])
-    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-    same = iap_alignment_distance(c["unet"], c["scheduler"], latents, en, en, timesteps=(100, 800))
-    assert same["mean"] == pytest.approx(0.0, abs=1e-7)
-    res = iap_alignment_distance(
-        c["unet"], c["scheduler"], latents, en, zh, timesteps=(100, 800), generator=torch.Generator().manual_seed(1)
-    )
-    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
-    manual = []
-    for t in (100, 800):
-        tt = torch.tensor([t])
-        with torch.no_grad():
-            manual.append(iap_alignment_loss(c["unet"], c["scheduler"].add_noise(latents, noise, tt), tt, en, zh).loss)
-    assert res["per_timestep"] == pytest.approx({100: manual[0].item(), 800: manual[1].item()}, rel=1e-5)
-    assert res["mean"] == pytest.approx(sum(m.item() for m in manual) / 2, rel=1e-5)
-    assert len(res["per_layer"]) == 4
-
-
 def test_evaluate_module_wrapper(clip):
     import evaluate
     from PIL import Image
@@ -139,3 +113,29 @@ def test_evaluate_module_wrapper(clip):
     metric = evaluate.load(module.__file__)
     result = metric.compute(predictions=pil, references=texts, model=model, processor=processor)
     assert result["clip_score"] == pytest.approx(clip_score(pil, texts, model, processor), abs=1e-4)
+
+
+def test_metrics_import_no_pipeline_or_trainer():
+    """Arrows run one way: no module of hf_ext.metrics imports the diffusion pipelines or the trainers."""
+    import ast
+    from pathlib import Path
+
+    import hf_ext.metrics
+
+    forbidden = ("pipelines", "trainers")
+    bad = []
+    for path in sorted(Path(hf_ext.metrics.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom):
+                names = [("." * node.level) + (node.module or "")]
+            elif isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            else:
+                continue
+            for name in names:
+                parts = name.lstrip(".").split(".")
+                absolute = parts[0] == "hf_ext" and len(parts) > 1 and parts[1] in forbidden
+                relative = name.startswith("..") and parts[0] in forbidden
+                if absolute or relative:
+                    bad.append(f"{path.name}:{node.lineno} imports {name}")
+    assert bad == []

@@ -26,6 +26,7 @@ register_model(
     },
     processor_class=MuffinProcessor,
     image_processor_class=MuffinImageProcessor,
+    variant_classes=[VisCPMChatBeeForConditionalGeneration],  # what the class above builds for a CPM-Bee LLM
 )
 
 __all__ = [

@@ -9,7 +9,14 @@ from .attention_processor import (
     CrossAttentionCapture,
     select_cross_attention_layers,
 )
-from .loss import IAPLossConfig, IAPLossOutput, attentive_feature_distance, iap_alignment_loss, sample_timesteps
+from .loss import (
+    IAPLossConfig,
+    IAPLossOutput,
+    attentive_feature_distance,
+    iap_alignment_distance,
+    iap_alignment_loss,
+    sample_timesteps,
+)
 from .modeling_iap_projection import IAPTextProjection
 from .pipeline_iap import IAPStableDiffusionPipeline, build_iap_pipeline, encode_text_like_sd, tokenize_like_sd
 
@@ -24,6 +31,7 @@ __all__ = [
     "attentive_feature_distance",
     "build_iap_pipeline",
     "encode_text_like_sd",
+    "iap_alignment_distance",
     "iap_alignment_loss",
     "sample_timesteps",
     "select_cross_attention_layers",

@@ -35,7 +35,14 @@ from torch import nn
 
 from .attention_processor import CrossAttentionCapture
 
-__all__ = ["IAPLossConfig", "IAPLossOutput", "attentive_feature_distance", "iap_alignment_loss", "sample_timesteps"]
+__all__ = [
+    "IAPLossConfig",
+    "IAPLossOutput",
+    "attentive_feature_distance",
+    "iap_alignment_distance",
+    "iap_alignment_loss",
+    "sample_timesteps",
+]
 
 Distance = Literal["mse", "l2", "cosine"]
 
@@ -252,3 +259,47 @@ def iap_alignment_loss(
     stacked = torch.stack(list(per_layer.values()))
     loss = stacked.mean() if layer_reduction == "mean" else stacked.sum()
     return IAPLossOutput(loss=loss, per_layer=per_layer, zh_model_pred=zh_model_pred)
+
+
+@torch.no_grad()
+def iap_alignment_distance(
+    unet: nn.Module,
+    scheduler,
+    latents: torch.Tensor,
+    en_hidden_states: torch.Tensor,
+    zh_hidden_states: torch.Tensor,
+    timesteps: Sequence[int] = (100, 300, 500, 700, 900),
+    generator: torch.Generator | None = None,
+    **loss_kwargs,
+) -> dict:
+    r"""
+    IAP alignment distance of a Chinese encoder on held-out (image latents, English states, Chinese states) triples:
+    a validation measurement for IAP training.
+
+    Noise is drawn once (from `generator`) and added at each of `timesteps` with `scheduler.add_noise`; the distance
+    is [`iap_alignment_loss`] without gradient (same `layers`/`distance`/`pivot` options through `loss_kwargs`).
+
+    Args:
+        unet (`UNet2DConditionModel`): the frozen Stable Diffusion UNet.
+        scheduler: a diffusers scheduler with `add_noise` (the UNet's training scheduler).
+        latents (`torch.Tensor`): clean VAE latents of the held-out images, `[batch, 4, h, w]`.
+        en_hidden_states, zh_hidden_states (`torch.Tensor`): see [`iap_alignment_loss`].
+        timesteps (`list[int]`, *optional*, defaults to `(100, 300, 500, 700, 900)`): the fixed timesteps.
+        generator (`torch.Generator`, *optional*): generator of the noise.
+
+    Returns:
+        `dict`: `{"mean": float, "per_timestep": {t: float}, "per_layer": {name: float}}` (per-layer values averaged
+        over timesteps).
+    """
+    noise = torch.randn(latents.shape, generator=generator, dtype=latents.dtype).to(latents.device)
+    per_timestep: dict[int, float] = {}
+    per_layer: dict[str, float] = {}
+    for t in timesteps:
+        t_batch = torch.full((latents.shape[0],), int(t), dtype=torch.long, device=latents.device)
+        noisy = scheduler.add_noise(latents, noise, t_batch)
+        out = iap_alignment_loss(unet, noisy, t_batch, en_hidden_states, zh_hidden_states, **loss_kwargs)
+        per_timestep[int(t)] = float(out.loss)
+        for name, value in out.per_layer.items():
+            per_layer[name] = per_layer.get(name, 0.0) + float(value) / len(timesteps)
+    mean = sum(per_timestep.values()) / len(per_timestep)
+    return {"mean": mean, "per_timestep": per_timestep, "per_layer": per_layer}

@@ -15,6 +15,7 @@ from diffusers.schedulers import KarrasDiffusionSchedulers
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
 from .._hub import HubSnapshotMixin
+from .._prompts import negative_prompt_list
 from .modeling_iap_projection import IAPTextProjection
 
 __all__ = ["IAPStableDiffusionPipeline", "build_iap_pipeline", "encode_text_like_sd", "tokenize_like_sd"]
@@ -126,6 +127,8 @@ class IAPStableDiffusionPipeline(HubSnapshotMixin, StableDiffusionPipeline):
             )
         self.register_modules(text_projection=text_projection)
 
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.encode_prompt
+    # (differs: text states pass through `text_projection`; no CLIP-only `clip_skip`, text-encoder LoRA or textual inversion)
     def encode_prompt(
         self,
         prompt,
@@ -158,17 +161,7 @@ class IAPStableDiffusionPipeline(HubSnapshotMixin, StableDiffusionPipeline):
         prompt_embeds = prompt_embeds.to(dtype=self.unet.dtype, device=device)
 
         if do_classifier_free_guidance and negative_prompt_embeds is None:
-            if negative_prompt is None:
-                negatives = [""] * batch_size
-            elif isinstance(negative_prompt, str):
-                negatives = [negative_prompt] * batch_size
-            elif len(negative_prompt) != batch_size:
-                raise ValueError(
-                    f"`negative_prompt` has {len(negative_prompt)} entries but there are {batch_size} prompts."
-                )
-            else:
-                negatives = list(negative_prompt)
-            negative_prompt_embeds = self._encode(negatives, device)
+            negative_prompt_embeds = self._encode(negative_prompt_list(negative_prompt, batch_size), device)
 
         bs_embed, seq_len, _ = prompt_embeds.shape
         prompt_embeds = prompt_embeds.repeat(1, num_images_per_prompt, 1).view(

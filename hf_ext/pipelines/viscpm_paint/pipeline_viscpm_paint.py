@@ -30,6 +30,7 @@ from transformers import PreTrainedModel, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .._hub import HubSnapshotMixin
+from .._prompts import negative_prompt_list
 from .modeling_text_projection import VisCPMPaintTextProjection
 
 logger = logging.get_logger(__name__)
@@ -256,7 +257,7 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             batch = len(conds) if prompt_embeds is None else prompt_embeds.shape[0]
             negatives = []
             if do_classifier_free_guidance and negative_prompt_embeds is None:
-                negatives = [self.caption_data(n) for n in self._negative_prompts(negative_prompt, batch)]
+                negatives = [self.caption_data(n) for n in negative_prompt_list(negative_prompt, batch)]
             embeds, masks = self._encode_cpmbee(conds + negatives, device)
             if prompt_embeds is None:
                 prompt_embeds, prompt_attention_mask = embeds[: len(conds)], masks[: len(conds)]
@@ -269,7 +270,7 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             input_ids, prompt_attention_mask = self.tokenize_prompts(prompts, max_sequence_length)
             negative_ids = None
             if do_classifier_free_guidance and negative_prompt_embeds is None:
-                negatives = self._negative_prompts(negative_prompt, len(prompts))
+                negatives = negative_prompt_list(negative_prompt, len(prompts))
                 negative_ids, negative_prompt_attention_mask = self.tokenize_prompts(negatives, max_sequence_length)
                 if not self.config.use_encoder_attention_mask:
                     # unmasked (VisCPM) mode: pad the token ids, as VisCPM's collater does, so both sides have the
@@ -283,7 +284,7 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             if negative_ids is not None:
                 negative_prompt_embeds = self._encode_text(negative_ids, negative_prompt_attention_mask, device)
         elif do_classifier_free_guidance and negative_prompt_embeds is None:
-            negatives = self._negative_prompts(negative_prompt, prompt_embeds.shape[0])
+            negatives = negative_prompt_list(negative_prompt, prompt_embeds.shape[0])
             negative_ids, negative_prompt_attention_mask = self.tokenize_prompts(negatives, max_sequence_length)
             negative_prompt_embeds = self._encode_text(negative_ids, negative_prompt_attention_mask, device)
 
@@ -331,19 +332,6 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             raise ValueError("Provide either `prompt` or `prompt_embeds`.")
         return [prompt] if isinstance(prompt, (str, Mapping)) else list(prompt)
 
-    @staticmethod
-    def _negative_prompts(negative_prompt: str | list[str] | None, batch_size: int) -> list[str]:
-        if negative_prompt is None:
-            return [""] * batch_size
-        if isinstance(negative_prompt, (str, Mapping)):
-            return [negative_prompt] * batch_size
-        if len(negative_prompt) != batch_size:
-            raise ValueError(
-                f"`negative_prompt` has {len(negative_prompt)} entries but there are {batch_size} prompts: give one "
-                "negative prompt per prompt, or a single string."
-            )
-        return list(negative_prompt)
-
     def _pad_ids(self, ids: torch.Tensor, mask: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
         extra = length - ids.shape[1]
         if extra == 0:
@@ -373,6 +361,8 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
         return tensor.repeat_interleave(times, dim=0) if times > 1 else tensor
 
     # ------------------------------------------------------------------ diffusion helpers
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_extra_step_kwargs
+    # (differs: same behaviour, written shorter)
     def prepare_extra_step_kwargs(self, generator, eta):
         # eta (η) is only used by DDIMScheduler; other schedulers do not take it
         params = set(inspect.signature(self.scheduler.step).parameters)
@@ -383,6 +373,8 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             extra["generator"] = generator
         return extra
 
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.prepare_latents
+    # (differs: also checks the shape of user-given `latents`)
     def prepare_latents(self, batch_size, num_channels_latents, height, width, dtype, device, generator, latents=None):
         shape = (
             batch_size,
@@ -403,6 +395,8 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
             latents = latents.to(device)
         return latents * self.scheduler.init_noise_sigma
 
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.check_inputs
+    # (differs: also validates the numeric arguments, CPM-Bee dict prompts and attention masks; no IP-Adapter, no `callback_steps`)
     def check_inputs(
         self,
         prompt,
@@ -537,31 +531,40 @@ class VisCPMPaintPipeline(HubSnapshotMixin, DiffusionPipeline, StableDiffusionMi
         return [images[i * num_candidates + b] for i, b in enumerate(best)], scores
 
     @property
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.guidance_scale
     def guidance_scale(self):
         return self._guidance_scale
 
     @property
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.guidance_rescale
     def guidance_rescale(self):
         return self._guidance_rescale
 
     @property
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.do_classifier_free_guidance
+    # (differs: no guidance-embedding (`time_cond_proj_dim`) UNets, so the scale alone decides)
     def do_classifier_free_guidance(self):
         return self._guidance_scale > 1
 
     @property
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.cross_attention_kwargs
     def cross_attention_kwargs(self):
         return self._cross_attention_kwargs
 
     @property
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.num_timesteps
     def num_timesteps(self):
         return self._num_timesteps
 
     @property
+    # Copied from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.interrupt
     def interrupt(self):
         return self._interrupt
 
     @torch.no_grad()
     @replace_example_docstring(EXAMPLE_DOC_STRING)
+    # Adapted from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion.StableDiffusionPipeline.__call__
+    # (differs: prompt padding masks reach the UNet's cross-attention; no IP-Adapter, LoRA scale, `clip_skip`, guidance embedding or safety checker)
     def __call__(
         self,
         prompt: str | list[str] | None = None,

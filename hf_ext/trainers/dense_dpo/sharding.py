@@ -25,10 +25,6 @@ def _full(tensor: torch.Tensor) -> torch.Tensor:
     return full_tensor() if callable(full_tensor) else tensor
 
 
-def _zero3_params(module: torch.nn.Module) -> list:
-    return [p for p in module.parameters() if hasattr(p, "ds_id")]
-
-
 def is_sharded_module(module: torch.nn.Module | None) -> bool:
     """Whether `module` holds sharded parameters (FSDP2 DTensors or DeepSpeed ZeRO-3), i.e. its forward is a
     collective that every rank must call the same number of times."""
@@ -44,31 +40,34 @@ def is_sharded_module(module: torch.nn.Module | None) -> bool:
 
 def reference_hash(module: torch.nn.Module) -> str:
     """SHA-256 of a module's state dict (names sorted, dtype and bytes of every tensor), equal for the plain module,
-    the same module sharded by FSDP2 on any number of ranks, and under ZeRO-3.
+    the same module sharded by FSDP2 on any number of ranks, and under DeepSpeed ZeRO-3.
 
     Matches `trl.trainer.utils.hash_module` on an unsharded module (bf16/fp8 tensors are hashed as fp32), so caches
-    written before this helper existed keep their keys. Sharded tensors are gathered one at a time: on a sharded
-    module, every rank must call this (it is a collective).
+    written before this helper existed keep their keys. Sharded tensors are gathered one at a time (a ZeRO-3
+    parameter with `deepspeed.zero.GatheredParameters`, an FSDP2 DTensor with `full_tensor()`), so no rank ever holds
+    more than one full tensor beyond its shards: on a sharded module, every rank must call this (it is a collective).
     """
-    inner = getattr(module, "module", module)
-    zero3 = _zero3_params(inner)
-    if zero3:  # DeepSpeed ZeRO-3: gather the partitioned parameters while reading the state dict
-        import deepspeed
-
-        with deepspeed.zero.GatheredParameters(zero3, modifier_rank=None):
-            return _hash_state_dict(inner)
-    return _hash_state_dict(inner)
-
-
-def _hash_state_dict(module: torch.nn.Module) -> str:
+    inner = getattr(module, "module", module)  # a DeepSpeed engine wraps the model in `.module`
+    params = dict(inner.named_parameters(remove_duplicate=False))
     h = hashlib.sha256()
-    for _, tensor in sorted(module.state_dict().items()):
-        tensor = _full(tensor).detach().cpu()
-        h.update(str(tensor.dtype).encode())
-        if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
-            tensor = tensor.to(torch.float32)
-        h.update(tensor.contiguous().numpy().tobytes())
+    for name, tensor in sorted(inner.state_dict().items()):
+        param = params.get(name)
+        if param is not None and hasattr(param, "ds_id"):  # ZeRO-3: this rank holds a partition only
+            import deepspeed
+
+            with deepspeed.zero.GatheredParameters([param], modifier_rank=None):
+                _update(h, param.detach())
+        else:
+            _update(h, _full(tensor).detach())
     return h.hexdigest()
+
+
+def _update(h, tensor: torch.Tensor) -> None:
+    tensor = tensor.cpu()
+    h.update(str(tensor.dtype).encode())
+    if tensor.dtype in (torch.bfloat16, torch.float8_e4m3fn, torch.float8_e5m2):
+        tensor = tensor.to(torch.float32)
+    h.update(tensor.contiguous().numpy().tobytes())
 
 
 def num_padding_batches(num_rows: int, rank: int, world_size: int, batch_size: int) -> int:

@@ -8,7 +8,6 @@ import json
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -23,81 +22,12 @@ from transformers.utils import logging
 
 from ...models.elv_predictor.modeling_elv_predictor import ELVPredictorModel
 from ...utils.io import atomic_write
+from .elv_config import ELV_CONFIG_NAME, ELVModelConfig
 from .retrieval import ExplanationBank, encode_sentences
 
-__all__ = ["ELVModel", "ELVModelConfig", "ELV_CONFIG_NAME"]
+__all__ = ["ELVModel"]
 
 logger = logging.get_logger(__name__)
-
-ELV_CONFIG_NAME = "elv_config.json"
-_FORMAT_VERSION = 1
-
-
-@dataclass
-class ELVModelConfig:
-    """What [`ELVModel`] needs at inference time; saved as ``elv_config.json`` next to the two parts.
-
-    Args:
-        label_names (`list[str]`): class names, index = label id. The generator is conditioned on these exact strings
-            at training and inference (the official code uses different strings in the two, see the docs).
-        num_explanations (`int`, *optional*, defaults to 10): K, explanations retrieved per input (official: 10).
-        generator_source_template (`str`, *optional*, defaults to `"{label} || {text}"`): source text of the generator
-            q(e | x, y). The official code writes ``sentence [SEP] label``; the default puts the label first so that
-            truncating a long sentence never removes it. Use ``"{text} || {label}"`` for the official order.
-        aspect_template (`str`, *optional*, defaults to `"{aspect} || {text}"`): how an aspect-sentiment example's
-            aspect term is joined to its sentence (official: ``term [SEP] sentence``).
-        entity_markers (`list[str]`, *optional*, defaults to `["<subj>", "</subj>", "<obj>", "</obj>"]`): strings
-            inserted around the subject and object spans of relation-extraction examples (official: ``#subj#`` ...).
-        max_seq_length (`int`, *optional*, defaults to 128): predictor input length (input + one explanation).
-        max_source_length (`int`, *optional*, defaults to 128): generator source length.
-        max_target_length (`int`, *optional*, defaults to 64): generator target length and ``max_new_tokens``.
-        generation_num_beams (`int`, *optional*, defaults to 1): beams when generating explanations (official: greedy).
-        retriever_max_length (`int`, *optional*, defaults to 128): truncation of the retriever's sentence encoder.
-    """
-
-    label_names: list[str] = field(default_factory=list)
-    num_explanations: int = 10
-    generator_source_template: str = "{label} || {text}"
-    aspect_template: str = "{aspect} || {text}"
-    entity_markers: list[str] = field(default_factory=lambda: ["<subj>", "</subj>", "<obj>", "</obj>"])
-    max_seq_length: int = 128
-    max_source_length: int = 128
-    max_target_length: int = 64
-    generation_num_beams: int = 1
-    retriever_max_length: int = 128
-
-    def __post_init__(self) -> None:
-        self.label_names = list(self.label_names)
-        self.entity_markers = list(self.entity_markers)
-        if not self.label_names:
-            raise ValueError("ELVModelConfig.label_names is empty: pass the class names (index = label id).")
-        if len(set(self.label_names)) != len(self.label_names):
-            raise ValueError(f"ELVModelConfig.label_names has duplicates: {self.label_names}.")
-        if self.num_explanations < 1:
-            raise ValueError(f"num_explanations must be >= 1, got {self.num_explanations}.")
-        for key in ("{text}", "{label}"):
-            if key not in self.generator_source_template:
-                raise ValueError(f"generator_source_template must contain {key}: {self.generator_source_template!r}.")
-        if len(self.entity_markers) != 4:
-            raise ValueError(
-                f"entity_markers must be 4 strings (subj open/close, obj open/close): {self.entity_markers}"
-            )
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.label_names)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"format_version": _FORMAT_VERSION, **asdict(self)}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> ELVModelConfig:
-        data = dict(data)
-        data.pop("format_version", None)
-        unknown = set(data) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"Unknown keys in {ELV_CONFIG_NAME}: {sorted(unknown)}.")
-        return cls(**data)
 
 
 class ELVModel:

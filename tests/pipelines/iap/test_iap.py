@@ -17,6 +17,7 @@ from hf_ext.pipelines.iap import (
     IAPLossConfig,
     IAPStableDiffusionPipeline,
     encode_text_like_sd,
+    iap_alignment_distance,
     iap_alignment_loss,
     sample_timesteps,
     select_cross_attention_layers,
@@ -178,6 +179,35 @@ def test_sample_timesteps():
         sample_timesteps(2, 1000, max_timestep=1000)
     with pytest.raises(ValueError, match="distance"):
         IAPLossConfig(distance="l1")
+
+
+def test_iap_alignment_distance(parts):
+    """The held-out distance is the loss without gradient at fixed timesteps, with one noise draw for all of them."""
+    en = en_states(parts, EN[:1])
+    with torch.no_grad():
+        zh = zh_states(parts, ZH[:1])
+    latents = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
+    same = iap_alignment_distance(parts["unet"], parts["scheduler"], latents, en, en, timesteps=(100, 800))
+    assert same["mean"] == pytest.approx(0.0, abs=1e-7)
+    res = iap_alignment_distance(
+        parts["unet"],
+        parts["scheduler"],
+        latents,
+        en,
+        zh,
+        timesteps=(100, 800),
+        generator=torch.Generator().manual_seed(1),
+    )
+    noise = torch.randn(latents.shape, generator=torch.Generator().manual_seed(1))
+    manual = []
+    for t in (100, 800):
+        tt = torch.tensor([t])
+        with torch.no_grad():
+            noisy_latents = parts["scheduler"].add_noise(latents, noise, tt)
+            manual.append(iap_alignment_loss(parts["unet"], noisy_latents, tt, en, zh).loss.item())
+    assert res["per_timestep"] == pytest.approx({100: manual[0], 800: manual[1]}, rel=1e-5)
+    assert res["mean"] == pytest.approx(sum(manual) / 2, rel=1e-5)
+    assert len(res["per_layer"]) == len(select_cross_attention_layers(parts["unet"]))
 
 
 def test_iap_pipeline_encode_save_load_and_embeds(tmp_path):

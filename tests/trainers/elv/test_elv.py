@@ -519,3 +519,22 @@ def test_two_process_ddp_run(tmp_path):
     assert all(r["world"] == 2 and "MULTI_CPU" in r["type"] for r in results)
     assert results[0]["last"] == results[1]["last"]
     assert os.path.isfile(tmp_path / "out" / "checkpoint-4" / "elv_trainer_state.json")
+
+
+def test_trainer_package_defines_no_transformers_model_or_config():
+    """The predictor (a PreTrainedModel with its PretrainedConfig) lives under hf_ext.models; the trainer package holds
+    training code and plain-dataclass configs only (ELVConfig, ELVModelConfig, both in elv_config)."""
+    from transformers import PretrainedConfig, PreTrainedModel
+
+    from hf_ext.trainers.elv import elv_config, elv_model, elv_trainer, retrieval
+
+    defined = [
+        obj
+        for module in (elv_config, elv_model, elv_trainer, retrieval)
+        for obj in vars(module).values()
+        if isinstance(obj, type) and obj.__module__ == module.__name__
+    ]
+    assert {cls.__name__ for cls in defined} >= {"ELVConfig", "ELVModelConfig", "ELVModel", "ELVTrainer"}
+    assert ELVConfig.__module__ == ELVModelConfig.__module__ == "hf_ext.trainers.elv.elv_config"
+    assert [cls for cls in defined if issubclass(cls, (PreTrainedModel, PretrainedConfig))] == []
+    assert ELVPredictorModel.__module__.startswith("hf_ext.models.elv_predictor.")

@@ -1,4 +1,5 @@
-"""CARE: concentrating attention to escape the "Trap of Mediocrity" (Li et al., EMNLP 2022).
+"""CARE's attention regulariser: the ``"care"`` attention function, its fused softmax/entropy autograd and the
+per-forward collector (Li et al., EMNLP 2022). The training side is :mod:`.care_config` and :mod:`.care_trainer`.
 
 Paper: *Evade the Trap of Mediocrity: Promoting Diversity and Novelty in Text Generation via Concentrating Attention*,
 Wenhao Li, Xiaoyuan Yi, Jinyi Hu, Maosong Sun, Xing Xie (arXiv:2211.07164). The paper adds to the maximum-likelihood
@@ -45,34 +46,25 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from transformers import (
-    AttentionInterface,
-    AutoConfig,
-    AutoModelForCausalLM,
-    AutoModelForSeq2SeqLM,
-    PreTrainedModel,
-    Trainer,
-    TrainingArguments,
-)
+from transformers import AttentionInterface, PreTrainedModel
 from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.utils import logging
 
-from ..hub.cards import HfExtModelCardMixin
-
 logger = logging.get_logger(__name__)
 
 __all__ = [
+    "ATTENTION_TYPES",
     "CARE_ATTENTION",
     "COLLECTOR_KWARG",
+    "PENALTIES",
     "AttentionSite",
-    "CAREConfig",
     "CARECollector",
     "CAREPenaltyOutput",
     "CARERegularizer",
-    "CARETrainer",
     "care_attention_forward",
     "enable_care_attention",
+    "softmax_with_entropy",
 ]
 
 CARE_ATTENTION = "care"
@@ -556,224 +548,3 @@ def enable_care_attention(model: PreTrainedModel) -> PreTrainedModel:
             "attention through transformers' AttentionInterface, so CARE cannot regularise it."
         )
     return model
-
-
-@dataclass
-class CAREConfig(TrainingArguments):
-    r"""Configuration of [`CARETrainer`]: `TrainingArguments` plus the CARE regulariser.
-
-    The regulariser is reconstructed from the paper's abstract (see [`hf_ext.trainers.care`]); every choice is a
-    parameter.
-
-    Parameters:
-        > Parameters of the regulariser
-
-        care_coef (`float`, *optional*, defaults to `0.1`):
-            λ, the weight of the attention penalty added to the language-modelling loss. Positive values sharpen
-            attention; negative values flatten it.
-        care_penalty (`str`, *optional*, defaults to `"entropy"`):
-            `"entropy"` (Shannon entropy of each attention row) or `"renyi"` (Rényi entropy of order `care_alpha`).
-        care_alpha (`float`, *optional*, defaults to `2.0`):
-            Order α of the Rényi entropy (used with `care_penalty="renyi"`; α = 1 is Shannon).
-        care_layers (`list[int]`, *optional*):
-            Layer indices to regularise (the attention module's `layer_idx`, counted separately in encoder and
-            decoder). All layers when `None`.
-        care_heads (`list[int]`, *optional*):
-            Head indices to regularise. All heads when `None`.
-        care_attention_types (`list[str]`, *optional*, defaults to `["self", "encoder", "cross"]`):
-            Which attention modules: decoder (or decoder-only) `"self"`-attention, `"encoder"` self-attention and
-            `"cross"`-attention.
-        care_target_modules (`str`, *optional*):
-            Regular expression on qualified module names; only matching attention modules are regularised.
-        care_target_entropy (`float`, *optional*):
-            If set, a row contributes `max(H - care_target_entropy, 0)` (hinge towards a target sharpness).
-        care_normalize (`bool`, *optional*, defaults to `False`):
-            Divide each row's entropy by `log(#attendable keys)`.
-        care_warmup_steps (`int`, *optional*, defaults to `0`):
-            Ramp λ linearly from 0 to `care_coef` over this many optimizer steps.
-    """
-
-    care_coef: float = field(
-        default=0.1, metadata={"help": "λ, the weight of the attention penalty added to the LM loss."}
-    )
-    care_penalty: str = field(
-        default="entropy",
-        metadata={"help": "Penalty on each attention row: Shannon entropy or Rényi entropy.", "choices": PENALTIES},
-    )
-    care_alpha: float = field(default=2.0, metadata={"help": "Order α of the Rényi entropy (care_penalty='renyi')."})
-    care_layers: list[int] | None = field(
-        default=None, metadata={"help": "Layer indices to regularise (default: all)."}
-    )
-    care_heads: list[int] | None = field(default=None, metadata={"help": "Head indices to regularise (default: all)."})
-    care_attention_types: list[str] = field(
-        default_factory=lambda: list(ATTENTION_TYPES),
-        metadata={"help": "Attention modules to regularise: any of 'self', 'encoder', 'cross'."},
-    )
-    care_target_modules: str | None = field(
-        default=None, metadata={"help": "Regex on module names; only matching attention modules are regularised."}
-    )
-    care_target_entropy: float | None = field(
-        default=None, metadata={"help": "If set, penalise only the entropy above this value (hinge)."}
-    )
-    care_normalize: bool = field(
-        default=False, metadata={"help": "Divide each row's entropy by log(number of attendable keys)."}
-    )
-    care_warmup_steps: int = field(default=0, metadata={"help": "Ramp λ linearly from 0 over this many steps."})
-
-    def __post_init__(self):
-        super().__post_init__()
-        if self.care_warmup_steps < 0:
-            raise ValueError(f"`care_warmup_steps` must be >= 0, got {self.care_warmup_steps}.")
-        if not math.isfinite(self.care_coef):
-            raise ValueError(f"`care_coef` must be a finite number, got {self.care_coef}.")
-        try:
-            self.to_regularizer()
-        except ValueError as e:  # name the config fields, not the regulariser's
-            raise ValueError(f"Invalid CARE setting in CAREConfig (fields `care_*`): {e}") from e
-
-    def to_regularizer(self) -> CARERegularizer:
-        """The [`CARERegularizer`] described by the `care_*` fields."""
-        return CARERegularizer(
-            penalty=self.care_penalty,
-            alpha=self.care_alpha,
-            layers=self.care_layers,
-            heads=self.care_heads,
-            attention_types=self.care_attention_types,
-            target_modules=self.care_target_modules,
-            target_entropy=self.care_target_entropy,
-            normalize=self.care_normalize,
-        )
-
-
-class CARETrainer(HfExtModelCardMixin, Trainer):
-    """[`~transformers.Trainer`] for language models with the CARE attention-concentration regulariser.
-
-    Adds ``care_coef · penalty`` (see [`CAREConfig`]) to the model's loss on every training step. The penalty is
-    computed inside the model's attention (implementation ``"care"``), from the same probabilities the forward uses;
-    evaluation and generation run plain SDPA, so ``eval_loss`` is the unregularised language-modelling loss.
-
-    Paper: *Evade the Trap of Mediocrity: Promoting Diversity and Novelty in Text Generation via Concentrating
-    Attention* (Li et al., EMNLP 2022, arXiv:2211.07164). The loss is reconstructed from the abstract.
-
-    Args:
-        model (`PreTrainedModel` or `str`):
-            A causal or sequence-to-sequence LM whose attention goes through transformers' `AttentionInterface`, or a
-            model id/path (loaded with `AutoModelForCausalLM`, or `AutoModelForSeq2SeqLM` for encoder-decoders).
-        args ([`CAREConfig`], *optional*):
-            Training arguments and regulariser settings. Defaults to `CAREConfig("<model name>-CARE")`.
-        **kwargs:
-            Everything else [`~transformers.Trainer`] accepts (`train_dataset`, `data_collator`, `processing_class`,
-            ...). Batches must contain `labels` (or the model must otherwise return a loss).
-
-    Example:
-
-    ```python
-    >>> from transformers import DataCollatorForLanguageModeling
-    >>> from hf_ext import CAREConfig, CARETrainer
-
-    >>> args = CAREConfig("gpt2-care", care_coef=0.1, care_penalty="renyi", care_alpha=2.0, max_steps=100)
-    >>> trainer = CARETrainer(model, args, train_dataset=dataset,
-    ...                       data_collator=DataCollatorForLanguageModeling(tokenizer, mlm=False))
-    >>> trainer.train()  # logs loss, care/penalty, care/attention_entropy, care/coef
-    ```
-    """
-
-    _hf_ext_card_family = "care"  # model card from model_cards/care.md (HfExtModelCardMixin)
-
-    _tag_names = ["hf_ext", "care"]
-
-    def __init__(self, model: PreTrainedModel | str, args: CAREConfig | None = None, **kwargs):
-        if isinstance(model, str):
-            config = AutoConfig.from_pretrained(model)
-            auto = AutoModelForSeq2SeqLM if getattr(config, "is_encoder_decoder", False) else AutoModelForCausalLM
-            model = auto.from_pretrained(model)
-        if args is None:
-            name = getattr(getattr(model, "config", None), "_name_or_path", "") or "model"
-            args = CAREConfig(f"{name.split('/')[-1]}-CARE")
-        elif not isinstance(args, CAREConfig):
-            raise ValueError(
-                f"`args` must be a CAREConfig (got {type(args).__name__}); build one with "
-                "CAREConfig(output_dir, care_coef=..., **training_arguments)."
-            )
-        enable_care_attention(model)
-        super().__init__(model=model, args=args, **kwargs)
-        self.regularizer = args.to_regularizer()
-        self._metrics: dict[str, defaultdict[str, list[float]]] = {"train": defaultdict(list)}
-        self._checked_selection = False
-        if hasattr(self.model, "add_model_tags"):
-            self.model.add_model_tags(self._tag_names)
-
-    def care_coef(self) -> float:
-        """λ at the current optimizer step (after the linear warm-up)."""
-        warmup = self.args.care_warmup_steps
-        if warmup <= 0:
-            return self.args.care_coef
-        return self.args.care_coef * min(1.0, self.state.global_step / warmup)
-
-    def _check_selection(self, result: CAREPenaltyOutput) -> None:
-        if self._checked_selection:
-            return
-        if result.num_rows == 0:
-            seen = result.seen_layers or "none: the model's attention does not go through AttentionInterface"
-            raise ValueError(
-                "CARE selected no attention rows: care_layers="
-                f"{self.args.care_layers}, care_heads={self.args.care_heads}, care_attention_types="
-                f"{self.args.care_attention_types}, care_target_modules={self.args.care_target_modules!r} matched "
-                f"nothing. Attention layers seen per type: {seen}."
-            )
-        self._checked_selection = True
-
-    def compute_loss(
-        self,
-        model: nn.Module,
-        inputs: dict[str, Any],
-        return_outputs: bool = False,
-        num_items_in_batch: torch.Tensor | int | None = None,
-    ):
-        """The model's loss plus ``λ · penalty`` in training; the model's loss alone in evaluation."""
-        if not model.training:
-            return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
-
-        attention_mask = inputs.get("attention_mask")
-        collector = self.regularizer.new_collector(
-            self.accelerator.unwrap_model(model),
-            attention_mask=attention_mask if isinstance(attention_mask, torch.Tensor) else None,
-            decoder_attention_mask=inputs.get("decoder_attention_mask"),
-            labels=inputs.get("labels"),
-        )
-        loss, outputs = super().compute_loss(
-            model, {**inputs, COLLECTOR_KWARG: collector}, return_outputs=True, num_items_in_batch=num_items_in_batch
-        )
-        result = collector.finalize()
-        self._check_selection(result)
-
-        coef = self.care_coef()
-        penalty = result.penalty.to(loss.device)
-        # If the model loss is already normalised over the whole accumulated batch, the Trainer will not divide it
-        # by the accumulation steps; do it for the (per-micro-batch mean) penalty so λ means the same either way.
-        if self.loss_is_scaled_for_ga is not None:
-            scaled = self.loss_is_scaled_for_ga
-        else:
-            scaled = (
-                self.model_accepts_loss_kwargs and num_items_in_batch is not None
-            ) or self.compute_loss_func is not None
-        steps = getattr(self, "current_gradient_accumulation_steps", 1) if scaled else 1
-        loss = loss + coef * penalty / steps
-
-        metrics = self._metrics["train"]
-        gathered = self.accelerator.gather_for_metrics(
-            torch.stack([penalty.detach(), result.attention_entropy.to(loss.device)])[None]
-        )
-        gathered = gathered.reshape(-1, 2).float().mean(0)
-        metrics["care/penalty"].append(gathered[0].item())
-        metrics["care/attention_entropy"].append(gathered[1].item())
-        metrics["care/coef"].append(coef)
-        return (loss, outputs) if return_outputs else loss
-
-    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Adds the averaged CARE metrics since the last log to the training logs."""
-        if not any(key.startswith("eval_") for key in logs):
-            metrics = self._metrics["train"]
-            logs = {**logs, **{key: sum(values) / len(values) for key, values in metrics.items() if values}}
-            metrics.clear()
-        super().log(logs, start_time)
