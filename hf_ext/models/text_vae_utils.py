@@ -25,8 +25,8 @@ from transformers.cache_utils import Cache, DynamicCache
 from transformers.masking_utils import create_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 
+# the helper functions; `GPT2LatentDecoderMixin` is a base of the model classes, not a top-level export of hf_ext
 __all__ = [
-    "GPT2LatentDecoderMixin",
     "bos_prompt",
     "check_text_inputs",
     "gaussian_kl",
