@@ -33,6 +33,7 @@ from benchmarks.hallucination.grounded import (
     conflict_partner,
     parse_mentions,
 )
+from hf_ext.utils.spans import span_token_mask
 
 logger = logging.get_logger(__name__)
 
@@ -256,10 +257,9 @@ def teacher_forced_accuracy(
             for m in parse_mentions(comp):
                 for kind, key in (("colour", "colour"), ("shape", "noun")):
                     a, b = m.spans[key]
-                    for t, (s0, s1) in enumerate(enc["offset_mapping"]):
-                        if s0 <= a < s1 or (s0 < s1 and s0 >= a and s0 < b):
-                            tgt.append((kind, len(p_ids) + t, comp[a:b]))
-                            break
+                    covered = span_token_mask(enc["offset_mapping"], [(a, b)])
+                    if any(covered):  # the word's first token
+                        tgt.append((kind, len(p_ids) + covered.index(True), comp[a:b]))
             rows.append(ids)
             targets.append(tgt)
         width = max(len(r) for r in rows)

@@ -32,6 +32,9 @@ from typing import Any
 
 import datasets
 
+from hf_ext.utils.citations import CITATIONS
+from hf_ext.utils.spans import validate_spans
+
 from .._common import BadRowReport, LocalParquetBuilder, LocalParquetConfig, OnBadRow, check_image, load_local_parquet
 
 __all__ = [
@@ -78,10 +81,12 @@ def convert_row(record: dict[str, Any], with_segments: bool = False) -> tuple[di
     if with_segments:
         for side, completion in (("chosen", chosen), ("rejected", rejected)):
             spans = segments[f"{side}_segments"] = text.get(f"{side}_segments")
-            if spans is not None and not _valid_spans(spans, len(completion)):
+            try:
+                validate_spans(spans, len(completion), f"`{side}_segments`")
+            except (TypeError, ValueError) as e:
                 return None, (
                     f"`{side}_segments` must be a list of [start, end] character spans with 0 <= start < end <= "
-                    f"{len(completion)} (the length of `{side}`), got {spans!r}"
+                    f"{len(completion)} (the length of `{side}`), got {spans!r}: {e}"
                 )
     example = {
         "prompt": [{"role": "user", "content": question}],
@@ -93,16 +98,6 @@ def convert_row(record: dict[str, Any], with_segments: bool = False) -> tuple[di
         **segments,
     }
     return example, None
-
-
-def _valid_spans(spans: Any, length: int) -> bool:
-    return isinstance(spans, list) and all(
-        isinstance(span, list)
-        and len(span) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) for v in span)
-        and 0 <= span[0] < span[1] <= length
-        for span in spans
-    )
 
 
 @dataclass
@@ -140,7 +135,7 @@ class RLHFV(LocalParquetBuilder):
             features=features,
             homepage="https://huggingface.co/datasets/openbmb/RLHF-V-Dataset",
             license="cc-by-nc-4.0",
-            citation="@inproceedings{yu2024rlhfv, title={RLHF-V}, booktitle={CVPR}, year={2024}, eprint={2312.00849}}",
+            citation=CITATIONS["rlhf_v"].bibtex,
         )
 
     def _convert_row(self, record: dict[str, Any]) -> tuple[dict[str, Any] | None, str | None]:

@@ -21,6 +21,8 @@ from typing import Any
 
 import datasets
 
+from hf_ext.utils.citations import CITATIONS
+
 from .._common import BadRowReport, LocalParquetBuilder, LocalParquetConfig, OnBadRow, check_image, load_local_parquet
 
 __all__ = ["UniMMChat", "UniMMChatConfig", "convert_row", "load_unimm_chat", "REQUIRED_COLUMNS"]
@@ -99,8 +101,7 @@ class UniMMChat(LocalParquetBuilder):
             ),
             homepage="https://huggingface.co/datasets/Yirany/UniMM-Chat",
             license="cc-by-nc-4.0",
-            citation="@article{yu2023muffin, title={Reformulating Vision-Language Foundation Models and Datasets "
-            "Towards Universal Multimodal Assistants}, eprint={2310.00653}, year={2023}}",
+            citation=CITATIONS["muffin"].bibtex,
         )
 
 

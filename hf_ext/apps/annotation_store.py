@@ -31,6 +31,8 @@ from typing import Any
 
 from transformers.utils import logging
 
+from ..utils.spans import validate_spans
+
 logger = logging.get_logger(__name__)
 
 __all__ = ["IMAGE_EXTENSIONS", "AnnotationStore", "agreement_statistics"]
@@ -274,16 +276,19 @@ class AnnotationStore:
                 raise ValueError("The corrected answer is empty.")
             if chosen.strip() == answer.strip():
                 raise ValueError("The corrected answer is identical to the model's answer: mark it correct instead.")
-            from dataset_builders.rlhf_v.rlhf_v import _valid_spans
-
             for side, spans, text in (
                 ("chosen", chosen_segments, chosen),
                 ("rejected", rejected_segments, answer),
             ):
-                if spans is None or not _valid_spans(spans, len(text)):
-                    raise ValueError(
-                        f"{side}_segments must be [start, end] spans with 0 <= start < end <= {len(text)}, got {spans!r}."
-                    )
+                problem = (
+                    f"{side}_segments must be [start, end] spans with 0 <= start < end <= {len(text)}, got {spans!r}"
+                )
+                if spans is None:
+                    raise ValueError(f"{problem} ([] when nothing changed on that side).")
+                try:
+                    validate_spans(spans, len(text), f"{side}_segments")
+                except (TypeError, ValueError) as e:
+                    raise ValueError(f"{problem}: {e}") from e
         record = {
             "item": item,
             "idx": self.idx(item),

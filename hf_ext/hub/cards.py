@@ -18,6 +18,7 @@ from typing import Any
 from huggingface_hub import DatasetCard, DatasetCardData, ModelCard, ModelCardData
 
 from ..utils.checkpointing import SafeCheckpointMixin
+from ..utils.citations import CITATIONS
 
 __all__ = [
     "FAMILIES",
@@ -46,80 +47,33 @@ class PaperInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _bib(key: str, title: str, authors: str, venue_field: str, venue: str, year: int, arxiv: str) -> str:
-    return (
-        f"@inproceedings{{{key},\n  title = {{{title}}},\n  author = {{{authors}}},\n"
-        f"  {venue_field} = {{{venue}}},\n  year = {{{year}}},\n  eprint = {{{arxiv}}},\n  archivePrefix = {{arXiv}}\n}}"
-    )
+def _paper(family: str, **kwargs: Any) -> PaperInfo:
+    """The card metadata of ``family``: title, arXiv id and BibTeX from :data:`hf_ext.utils.citations.CITATIONS`."""
+    citation = CITATIONS[family]
+    return PaperInfo(family=family, title=citation.title, arxiv=citation.arxiv, bibtex=citation.bibtex, **kwargs)
 
 
 FAMILIES: dict[str, PaperInfo] = {
-    "rlhf_v": PaperInfo(
-        family="rlhf_v",
-        title="RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback",
-        arxiv="2312.00849",
-        bibtex=_bib(
-            "yu2024rlhfv",
-            "RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback",
-            "Yu, Tianyu and Yao, Yuan and Zhang, Haoye and He, Taiwen and Han, Yifeng and Cui, Ganqu and Hu, Jinyi"
-            " and Liu, Zhiyuan and Zheng, Hai-Tao and Sun, Maosong and Chua, Tat-Seng",
-            "booktitle",
-            "Proceedings of the IEEE/CVF Conference on Computer Vision and Pattern Recognition (CVPR)",
-            2024,
-            "2312.00849",
-        ),
+    "rlhf_v": _paper(
+        "rlhf_v",
         tags=("hf_ext", "trl", "dpo", "dense-dpo", "rlhf-v"),
         pipeline_tag="image-text-to-text",
         license="cc-by-nc-4.0",
     ),
-    "muffin": PaperInfo(
-        family="muffin",
-        title="Reformulating Vision-Language Foundation Models and Datasets Towards Universal Multimodal Assistants",
-        arxiv="2310.00653",
-        bibtex=_bib(
-            "yu2023muffin",
-            "Reformulating Vision-Language Foundation Models and Datasets Towards Universal Multimodal Assistants",
-            "Yu, Tianyu and Hu, Jinyi and Yao, Yuan and Zhang, Haoye and Zhao, Yue and Wang, Chongyi and others",
-            "booktitle",
-            "arXiv preprint",
-            2023,
-            "2310.00653",
-        ),
+    "muffin": _paper(
+        "muffin",
         tags=("hf_ext", "muffin", "beit3", "vision-language"),
         pipeline_tag="image-text-to-text",
         model_types=("beit3", "muffin"),
     ),
-    "viscpm": PaperInfo(
-        family="viscpm",
-        title="Large Multilingual Models Pivot Zero-Shot Multimodal Learning across Languages",
-        arxiv="2308.12038",
-        bibtex=_bib(
-            "hu2024viscpm",
-            "Large Multilingual Models Pivot Zero-Shot Multimodal Learning across Languages",
-            "Hu, Jinyi and Yao, Yuan and Wang, Chongyi and Wang, Shan and Pan, Yinxu and Chen, Qianyu and Yu, Tianyu"
-            " and others",
-            "booktitle",
-            "International Conference on Learning Representations (ICLR)",
-            2024,
-            "2308.12038",
-        ),
+    "viscpm": _paper(
+        "viscpm",
         tags=("hf_ext", "viscpm", "mpm", "multilingual"),
         pipeline_tag="image-text-to-text",
         model_types=("viscpm_chat", "cpmbee"),
     ),
-    "iap": PaperInfo(
-        family="iap",
-        title="Efficient Cross-Lingual Transfer for Chinese Stable Diffusion with Images as Pivots",
-        arxiv="2305.11540",
-        bibtex=_bib(
-            "hu2023iap",
-            "Efficient Cross-Lingual Transfer for Chinese Stable Diffusion with Images as Pivots",
-            "Hu, Jinyi and Han, Xu and Yi, Xiaoyuan and Chen, Yutong and Li, Wenhao and Liu, Zhiyuan and Sun, Maosong",
-            "booktitle",
-            "arXiv preprint",
-            2023,
-            "2305.11540",
-        ),
+    "iap": _paper(
+        "iap",
         tags=("hf_ext", "diffusers", "iap", "text-to-image", "chinese"),
         pipeline_tag="text-to-image",
         reconstructed=(
@@ -128,44 +82,14 @@ FAMILIES: dict[str, PaperInfo] = {
             "latents). Layers, distance and timestep sampling are configurable."
         ),
     ),
-    "della": PaperInfo(
-        family="della",
-        title=(
-            "Fuse It More Deeply! A Variational Transformer with Layer-Wise Latent Variable Inference for Text "
-            "Generation"
-        ),
-        arxiv="2207.06130",
-        bibtex=_bib(
-            "hu2022della",
-            "Fuse It More Deeply! A Variational Transformer with Layer-Wise Latent Variable Inference for Text"
-            " Generation",
-            "Hu, Jinyi and Yi, Xiaoyuan and Li, Wenhao and Sun, Maosong and Xie, Xing",
-            "booktitle",
-            "Proceedings of NAACL-HLT",
-            2022,
-            "2207.06130",
-        ),
+    "della": _paper(
+        "della",
         tags=("hf_ext", "della", "vae", "text-generation"),
         pipeline_tag="text-generation",
         model_types=("della",),
     ),
-    "trace": PaperInfo(
-        family="trace",
-        title=(
-            "Recurrence Boosts Diversity! Revisiting Recurrent Latent Variable in Transformer-Based Variational "
-            "AutoEncoder for Diverse Text Generation"
-        ),
-        arxiv="2210.12409",
-        bibtex=_bib(
-            "hu2022trace",
-            "Recurrence Boosts Diversity! Revisiting Recurrent Latent Variable in Transformer-Based Variational"
-            " AutoEncoder for Diverse Text Generation",
-            "Hu, Jinyi and Yi, Xiaoyuan and Li, Wenhao and Sun, Maosong and Xie, Xing",
-            "booktitle",
-            "Findings of EMNLP",
-            2022,
-            "2210.12409",
-        ),
+    "trace": _paper(
+        "trace",
         tags=("hf_ext", "trace", "vae", "text-generation"),
         pipeline_tag="text-generation",
         model_types=("trace",),
@@ -175,23 +99,8 @@ FAMILIES: dict[str, PaperInfo] = {
             "is a configuration field."
         ),
     ),
-    "care": PaperInfo(
-        family="care",
-        title=(
-            "Evade the Trap of Mediocrity: Promoting Diversity and Novelty in Text Generation via Concentrating "
-            "Attention"
-        ),
-        arxiv="2211.07164",
-        bibtex=_bib(
-            "li2022care",
-            "Evade the Trap of Mediocrity: Promoting Diversity and Novelty in Text Generation via Concentrating"
-            " Attention",
-            "Li, Wenhao and Yi, Xiaoyuan and Hu, Jinyi and Sun, Maosong and Xie, Xing",
-            "booktitle",
-            "Proceedings of EMNLP",
-            2022,
-            "2211.07164",
-        ),
+    "care": _paper(
+        "care",
         tags=("hf_ext", "care", "attention-regularisation", "text-generation"),
         pipeline_tag="text-generation",
         reconstructed=(
@@ -200,36 +109,13 @@ FAMILIES: dict[str, PaperInfo] = {
             "are configurable."
         ),
     ),
-    "elv": PaperInfo(
-        family="elv",
-        title="Towards Interpretable Natural Language Understanding with Explanations as Latent Variables",
-        arxiv="2011.05268",
-        bibtex=_bib(
-            "zhou2020elv",
-            "Towards Interpretable Natural Language Understanding with Explanations as Latent Variables",
-            "Zhou, Wangchunshu and Hu, Jinyi and Zhang, Hanlin and Liang, Xiaodan and Sun, Maosong and Xiong, Chenyan"
-            " and Tang, Jian",
-            "booktitle",
-            "Advances in Neural Information Processing Systems (NeurIPS)",
-            2020,
-            "2011.05268",
-        ),
+    "elv": _paper(
+        "elv",
         tags=("hf_ext", "elv", "explanations", "variational-em"),
         pipeline_tag="text-classification",
     ),
-    "jiuge": PaperInfo(
-        family="jiuge",
-        title="Generating Major Types of Chinese Classical Poetry in a Uniformed Framework",
-        arxiv="2003.11528",
-        bibtex=_bib(
-            "hu2020jiuge",
-            "Generating Major Types of Chinese Classical Poetry in a Uniformed Framework",
-            "Hu, Jinyi and Sun, Maosong",
-            "booktitle",
-            "Proceedings of LREC",
-            2020,
-            "2003.11528",
-        ),
+    "jiuge": _paper(
+        "jiuge",
         tags=("hf_ext", "jiuge", "poetry", "chinese", "text-generation"),
         pipeline_tag="text-generation",
         model_types=("jiuge",),

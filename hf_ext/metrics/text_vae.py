@@ -139,7 +139,7 @@ def iw_perplexity(log_px: torch.Tensor, num_tokens: torch.Tensor) -> float:
 
 def _per_layer_log_densities(latent_output) -> tuple[torch.Tensor, torch.Tensor]:
     """log p(z_l) and log q(z_l | x) of each latent layer, ``(batch, num_latents)`` each."""
-    from ..models.della.modeling_della import gaussian_log_prob
+    from ..models.text_vae_utils import gaussian_log_prob
 
     lo = latent_output
     return (

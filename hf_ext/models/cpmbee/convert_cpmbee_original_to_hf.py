@@ -20,6 +20,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers.utils import logging
@@ -153,6 +154,36 @@ def write_safetensors_shards(
     return weight_map
 
 
+def load_cpmbee_config_and_tokenizer(config: str | os.PathLike | dict, vocab: str | os.PathLike) -> tuple[Any, Any]:
+    """The [`CpmBeeConfig`] and [`CpmBeeTokenizer`] of an original release, checked against each other (every
+    converter of a CPM-Bee-based checkpoint starts here).
+
+    Args:
+        config (`str` or `dict`): the original config (`cpm-bee-10b.json` keys) or an hf_ext `config.json`, as a path
+            or a dict.
+        vocab (`str`): the original `vocab.txt`.
+
+    Returns:
+        `tuple[CpmBeeConfig, CpmBeeTokenizer]`; raises a `ValueError` when their vocabulary sizes differ.
+    """
+    from .configuration_cpmbee import CpmBeeConfig
+    from .tokenization_cpmbee import CpmBeeTokenizer
+
+    if not isinstance(config, dict):
+        config = json.loads(Path(config).read_text(encoding="utf-8"))
+    hf_config = (
+        CpmBeeConfig(**{k: v for k, v in config.items() if k != "model_type"})
+        if config.get("model_type") == "cpmbee"
+        else CpmBeeConfig.from_original_config(config)
+    )
+    tokenizer = CpmBeeTokenizer(str(vocab))
+    if tokenizer.vocab_size != hf_config.vocab_size:
+        raise ValueError(
+            f"{vocab} has {tokenizer.vocab_size} tokens but the config says vocab_size={hf_config.vocab_size}."
+        )
+    return hf_config, tokenizer
+
+
 def convert_cpmbee_checkpoint(
     checkpoint: str | os.PathLike,
     config: str | os.PathLike | dict,
@@ -177,25 +208,11 @@ def convert_cpmbee_checkpoint(
     Returns:
         `dict[str, str]`: tensor -> file.
     """
-    from .configuration_cpmbee import CpmBeeConfig
-    from .tokenization_cpmbee import CpmBeeTokenizer
-
     if dtype not in DTYPES:
         raise ValueError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    if not isinstance(config, dict):
-        config = json.loads(Path(config).read_text(encoding="utf-8"))
-    hf_config = (
-        CpmBeeConfig(**{k: v for k, v in config.items() if k != "model_type"})
-        if config.get("model_type") == "cpmbee"
-        else CpmBeeConfig.from_original_config(config)
-    )
+    hf_config, tokenizer = load_cpmbee_config_and_tokenizer(config, vocab)
     hf_config.architectures = ["CpmBeeForCausalLM"]
     hf_config.dtype = dtype
-    tokenizer = CpmBeeTokenizer(str(vocab))
-    if tokenizer.vocab_size != hf_config.vocab_size:
-        raise ValueError(
-            f"{vocab} has {tokenizer.vocab_size} tokens but the config says vocab_size={hf_config.vocab_size}."
-        )
     state = load_original_checkpoint(checkpoint)
     weight_map = write_safetensors_shards(
         iter_original_tensors(state, hf_config, prefix=prefix, dtype=DTYPES[dtype]), output_dir, max_shard_size

@@ -42,6 +42,7 @@ __all__ = [
     "CpmBeeForCausalLM",
     "CpmBeeModel",
     "CpmBeePreTrainedModel",
+    "cpmbee_lm_loss",
     "cpmbee_position_bucket",
 ]
 
@@ -323,6 +324,11 @@ def _as_long(x: Any, like: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(x, dtype=torch.long, device=like.device)
 
 
+def cpmbee_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy of CPM-Bee's logits against its *aligned* targets (not shifted; `-100` is ignored)."""
+    return F.cross_entropy(logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100)
+
+
 class CpmBeeModel(CpmBeePreTrainedModel):
     r"""
     The CPM-Bee encoder-style decoder (no LM head). The structured inputs come from [`CpmBeeTokenizer`] (`pack` for
@@ -357,6 +363,21 @@ class CpmBeeModel(CpmBeePreTrainedModel):
         embedding = self.input_embedding
         embedding = getattr(embedding, "base_layer", embedding)
         return embedding.projection(hidden, ext_table_ids, ext_table_sub)
+
+    def lm_logits(
+        self,
+        hidden: torch.Tensor,
+        ext_table_ids: Any = None,
+        ext_table_sub: Any = None,
+        logits_to_keep: int = 0,
+    ) -> torch.Tensor:
+        """The LM head: logits of the last `logits_to_keep` positions of `hidden` (0 = all) over the vocabulary and the
+        extension-table columns (:meth:`project_to_vocab`); `ext_table_*` may be tensors or lists of ids."""
+        if logits_to_keep:
+            hidden = hidden[:, -logits_to_keep:]
+        ext_ids = _as_long(ext_table_ids, hidden) if ext_table_ids is not None else None
+        ext_sub = _as_long(ext_table_sub, hidden) if ext_table_sub is not None else None
+        return self.project_to_vocab(hidden, ext_ids, ext_sub)
 
     def embed(
         self,
@@ -680,23 +701,9 @@ class CpmBeeForCausalLM(CpmBeePreTrainedModel, GenerationMixin):
             output_hidden_states=output_hidden_states,
             return_dict=True,
         )
-        hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        ref = hidden
-        ext_ids = _as_long(ext_table_ids, ref) if ext_table_ids is not None else None
-        ext_sub = (
-            _as_long(ext_table_sub, ref)
-            if ext_table_sub is not None
-            else (torch.zeros_like(ext_ids) if ext_ids is not None else None)
-        )
-        logits = self.cpmbee.project_to_vocab(hidden, ext_ids, ext_sub)
-        loss = None
+        logits = self.cpmbee.lm_logits(outputs.last_hidden_state, ext_table_ids, ext_table_sub, logits_to_keep)
         targets = shift_labels if shift_labels is not None else labels
-        if targets is not None:
-            loss = F.cross_entropy(
-                logits.float().flatten(0, 1), targets.to(logits.device).flatten(), ignore_index=-100
-            )
+        loss = cpmbee_lm_loss(logits, targets) if targets is not None else None
         return CausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -8,7 +8,8 @@ official code (``OpenVLG/DELLA``) is a flag of [`DellaConfig`]; [`DellaConfig.fr
 ("official mode", tested against fixtures made by running the original code), and
 ``convert_della_original_to_hf`` maps the original's checkpoints.
 
-This module imports only torch, transformers and its own folder, so it also works as Hub remote code.
+This module imports only torch, transformers, its own folder and the shared ``..text_vae_utils``, so it also works as
+Hub remote code.
 """
 
 from __future__ import annotations
@@ -19,11 +20,11 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, GPT2LMHeadModel, PreTrainedModel
+from transformers import GenerationMixin, PreTrainedModel
 from transformers import initialization as init
 from transformers.activations import ACT2FN
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.cache_utils import Cache
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 from transformers.models.gpt2.modeling_gpt2 import GPT2Attention, GPT2Block, eager_attention_forward
@@ -32,29 +33,21 @@ from transformers.utils import ModelOutput, can_return_tuple, logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
+from ..text_vae_utils import (
+    GPT2LatentDecoderMixin,
+    bos_prompt,
+    check_text_inputs,
+    gaussian_kl,
+    gaussian_log_prob,
+    kl_loss_with_free_bits,
+    latent_kl_terms,
+    load_gpt2_backbone,
+    sequence_nll,
+    token_nll,
+)
 from .configuration_della import DellaConfig
 
 logger = logging.get_logger(__name__)
-
-_LOG_2PI = math.log(2 * math.pi)
-
-
-# --------------------------------------------------------------------------------------------- Gaussian helpers
-
-
-def gaussian_log_prob(z: torch.Tensor, mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    """log N(z; mean, exp(logvar)) summed over the last dimension."""
-    return -0.5 * (_LOG_2PI + logvar + (z - mean).pow(2) * torch.exp(-logvar)).sum(-1)
-
-
-def gaussian_kl(
-    q_mean: torch.Tensor, q_logvar: torch.Tensor, p_mean: torch.Tensor, p_logvar: torch.Tensor
-) -> torch.Tensor:
-    """KL(N(q_mean, exp(q_logvar)) || N(p_mean, exp(p_logvar))) summed over the last dimension."""
-    return 0.5 * (
-        p_logvar - q_logvar + (torch.exp(q_logvar) + (q_mean - p_mean).pow(2)) * torch.exp(-p_logvar) - 1.0
-    ).sum(-1)
-
 
 # ------------------------------------------------------------------------------------------------- building blocks
 
@@ -320,21 +313,7 @@ class DellaPreTrainedModel(PreTrainedModel):
             init.normal_(module.weight, mean=0.0, std=std)
 
 
-def _check_text_inputs(input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None, what: str) -> None:
-    if input_ids is None:
-        raise ValueError(f"{what} needs `input_ids` (the text to encode).")
-    if input_ids.dim() != 2 or input_ids.shape[1] == 0:
-        raise ValueError(f"`input_ids` must have shape (batch, seq) with seq >= 1, got {tuple(input_ids.shape)}.")
-    if attention_mask is not None:
-        empty = (attention_mask.sum(-1) == 0).nonzero().flatten().tolist()
-        if empty:
-            raise ValueError(
-                f"{what}: rows {empty} of `attention_mask` are all zeros (empty text); remove empty texts before "
-                "encoding them."
-            )
-
-
-class DellaModel(DellaPreTrainedModel):
+class DellaModel(GPT2LatentDecoderMixin, DellaPreTrainedModel):
     """The shared GPT-2 backbone plus DELLA's latent layers; returns hidden states (no LM head).
 
     ``forward`` runs the *decoder* pass given latents (or a plain GPT-2 pass without them); :meth:`encoder_states`
@@ -369,12 +348,6 @@ class DellaModel(DellaPreTrainedModel):
             self.latent_proj = nn.Linear(config.latent_size * len(latent_ids), self.embed_dim, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
-        self.wte = new_embeddings
-
     def latent_networks(self, prior_only: bool = False) -> list[tuple[DellaLatentLayer, int]]:
         """``(networks, transformer layer)`` of each latent layer, bottom-up.
 
@@ -387,27 +360,6 @@ class DellaModel(DellaPreTrainedModel):
         if prior_only:
             return [(self.latent_layers[k], k) for k in range(len(ids))]
         return [(self.latent_layers[i], i) for i in ids]
-
-    def _embed(self, input_ids, inputs_embeds, position_ids, cache):
-        if (input_ids is None) ^ (inputs_embeds is not None):
-            raise ValueError("You must specify exactly one of input_ids or inputs_embeds.")
-        if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
-            last = past + inputs_embeds.shape[1] - 1  # known from the shapes (no data-dependent check: exportable)
-        elif torch.compiler.is_exporting() or torch.compiler.is_compiling():
-            last = None  # given positions: a data-dependent check cannot be traced
-        else:
-            last = int(position_ids.max())
-        if last is not None and last >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"The sequence is longer than the context: position {last} >= "
-                f"n_positions={self.config.max_position_embeddings}. Truncate the text (e.g. the tokenizer's "
-                "`max_length`)."
-            )
-        return inputs_embeds, position_ids, inputs_embeds + self.wpe(position_ids)
 
     def encoder_states(
         self,
@@ -528,18 +480,8 @@ class DellaModel(DellaPreTrainedModel):
         """
         kwargs.pop("output_attentions", None)
         kwargs.pop("output_hidden_states", None)
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        inputs_embeds, position_ids, hidden = self._embed(input_ids, inputs_embeds, position_ids, cache)
-        if attention_mask is not None and attention_mask.ndim < 4:
-            attention_mask = attention_mask.view(inputs_embeds.shape[0], -1)
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
+        cache, use_cache, position_ids, hidden, causal_mask = self._decoder_inputs(
+            input_ids, attention_mask, cache, use_cache, position_ids, inputs_embeds
         )
         layer_latent = {}
         if latents is not None:
@@ -553,50 +495,7 @@ class DellaModel(DellaPreTrainedModel):
                 hidden = hidden + self.latent_proj(latents.flatten(1)).unsqueeze(1)
             else:
                 layer_latent = {layer: latents[:, j : j + 1] for j, layer in enumerate(ids)}
-        hidden = self.drop(hidden)
-        for i, block in enumerate(self.h):
-            hidden = block(
-                hidden,
-                cache=cache,
-                attention_mask=causal_mask,
-                latent=layer_latent.get(i),
-                position_ids=position_ids,
-                **kwargs,
-            )
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden), cache=cache if use_cache else None)
-
-
-def sequence_nll(logits: torch.Tensor, shift_labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence summed NLL of ``logits[:, t]`` against the already shifted ``shift_labels[:, t]``, and the number of
-    scored tokens (``-100`` is ignored)."""
-    nll = nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(shift_labels.shape)
-    return nll.sum(1), (shift_labels != -100).sum(1)
-
-
-def token_nll(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-sequence summed next-token NLL and number of target tokens (labels == -100 are ignored)."""
-    return sequence_nll(logits[:, :-1], labels[:, 1:])
-
-
-def kl_loss_with_free_bits(
-    kl_per_group: torch.Tensor, reduction: str, free_bits: float, free_bits_reduction: str = "batch"
-) -> torch.Tensor:
-    """Batch-mean KL for the loss, with free bits lambda.
-
-    ``free_bits_reduction="batch"``: per group ``max(lambda, mean_batch KL_g)``, then summed or averaged over groups.
-    ``"sample"`` (the official ``--kl_threshold``): ``max(lambda, KL_g)`` for every row and group, reduced over groups,
-    then averaged over the batch.
-    """
-    if free_bits_reduction == "sample":
-        per_row = kl_per_group.clamp(min=free_bits) if free_bits > 0 else kl_per_group
-        per_row = per_row.sum(1) if reduction == "sum" else per_row.mean(1)
-        return per_row.mean()
-    per_group = kl_per_group.mean(0)
-    if free_bits > 0:
-        per_group = per_group.clamp(min=free_bits)
-    return per_group.sum() if reduction == "sum" else per_group.mean()
+        return self._decoder_blocks(hidden, layer_latent.get, cache, use_cache, causal_mask, position_ids, **kwargs)
 
 
 def _right_pad_source(input_ids: torch.Tensor, source_mask: torch.Tensor, pad_id: int):
@@ -670,7 +569,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
             latent_noise (`torch.Tensor` of shape `(batch, num_latent_layers, latent_size)`, *optional*): the
                 reparameterisation noise (see [`DellaModel.latent_chain`]).
         """
-        _check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.encode")
+        check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.encode")
         post, cond = self._features(input_ids, attention_mask, source_mask, condition_ids, condition_attention_mask)
         return self.transformer.latent_chain(
             input_ids.shape[0], posterior_features=post, condition_features=cond, use_mean=use_mean, noise=latent_noise
@@ -701,7 +600,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         """
         cond = None
         if self.config.conditional:
-            _check_text_inputs(source_ids, source_attention_mask, "sample_latents (conditional DELLA)")
+            check_text_inputs(source_ids, source_attention_mask, "sample_latents (conditional DELLA)")
             batch_size = source_ids.shape[0]
             cond = self._condition_features(source_ids, source_attention_mask, prior_only=True)
         elif source_ids is not None:
@@ -722,18 +621,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
                 randomly initialised; pass `False` to reproduce that.
             config_kwargs: DELLA options (``latent_size=...``) overriding the defaults.
         """
-        backbone = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32)
-        cfg_dict = backbone.config.to_dict()
-        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
-            cfg_dict.pop(key, None)
-        cfg_dict.update(config_kwargs)
-        model = cls(DellaConfig(**cfg_dict))
-        missing, unexpected = model.transformer.load_state_dict(backbone.transformer.state_dict(), strict=False)
-        if unexpected:
-            raise ValueError(f"GPT-2 checkpoint {path!r} has weights DELLA cannot place: {unexpected[:5]} ...")
-        if not model.config.tie_word_embeddings and init_lm_head:
-            model.lm_head.weight.data.copy_(backbone.lm_head.weight.data)
-        model.tie_weights()
+        model, missing = load_gpt2_backbone(cls, DellaConfig, path, init_lm_head, **config_kwargs)
         logger.info("Initialised DELLA from %s; %d new latent parameters tensors.", path, len(missing))
         return model
 
@@ -758,7 +646,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         cond = None
         if self.config.conditional:
             if condition_ids is not None:
-                _check_text_inputs(condition_ids, condition_attention_mask, "DELLA's condition (`condition_ids`)")
+                check_text_inputs(condition_ids, condition_attention_mask, "DELLA's condition (`condition_ids`)")
                 return post, self._condition_features(condition_ids, condition_attention_mask)
             if source_mask is None:
                 raise ValueError(
@@ -846,7 +734,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         latent_out = None
         if latents is None:
             if inputs_embeds is None:
-                _check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.forward")
+                check_text_inputs(input_ids, attention_mask, "DellaForCausalLM.forward")
             post, cond = self._features(
                 input_ids, attention_mask, source_mask, condition_ids, condition_attention_mask, inputs_embeds
             )
@@ -872,14 +760,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
         elif isinstance(logits_to_keep, torch.Tensor):
             hidden = hidden[:, logits_to_keep]
         logits = self.lm_head(hidden)
-        fields = {}
-        if latent_out is not None:
-            lo = latent_out
-            per_group = gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar)
-            fields["kl_per_group"] = per_group
-            fields["kl"] = per_group.sum(1) if self.config.kl_reduction == "sum" else per_group.mean(1)
-            fields["log_prior"] = gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar).sum(1)
-            fields["log_posterior"] = gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar).sum(1)
+        fields = latent_kl_terms(latent_out, self.config.kl_reduction) if latent_out is not None else {}
         loss = None
         if labels is not None or shift_labels is not None:
             if shift_labels is None:
@@ -951,12 +832,7 @@ class DellaForCausalLM(DellaPreTrainedModel, GenerationMixin):
                 latents = self.sample_latents(embeds.shape[0], temperature=temperature_latent)
             return super().generate(latents=latents, **kwargs)
         if input_ids is None:
-            bos = self.generation_config.bos_token_id
-            if bos is None:
-                bos = self.config.bos_token_id
-            if bos is None:
-                raise ValueError("Pass `input_ids` (a prompt), or set `bos_token_id` to generate from scratch.")
-            input_ids = torch.full((1 if latents is None else latents.shape[0], 1), bos, device=self.device)
+            input_ids = bos_prompt(self, 1 if latents is None else latents.shape[0])
         if latents is None:
             if self.config.conditional:
                 latents = self.sample_latents(

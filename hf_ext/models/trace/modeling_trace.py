@@ -4,8 +4,9 @@
 See [`TraceConfig`] for the generative model, the residual posterior with its KL lower bound, and the idempotent
 parallelisation; each choice is a config field.
 
-The backbone, the latent fusion operator (low-rank tensor product into the values) and the ELBO bookkeeping are
-DELLA's, imported relatively from ``..della`` (same authors, same family).
+The backbone blocks and the latent fusion operator (low-rank tensor product into the values) are DELLA's, imported
+relatively from ``..della`` (same authors, same family); the ELBO bookkeeping, input checks and the GPT-2 embedding
+and decoder pass are the text-VAE helpers both models share (``..text_vae_utils``).
 """
 
 from __future__ import annotations
@@ -14,25 +15,25 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers import GenerationMixin, GPT2LMHeadModel
+from transformers import GenerationMixin
 from transformers import initialization as init
-from transformers.cache_utils import Cache, DynamicCache
-from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
+from transformers.cache_utils import Cache
+from transformers.masking_utils import create_bidirectional_mask
 from transformers.modeling_outputs import BaseModelOutputWithPast
 from transformers.utils import logging
 from transformers.utils.deprecation import deprecate_kwarg
 from transformers.utils.generic import can_return_tuple
 from transformers.utils.output_capturing import OutputRecorder, capture_outputs
 
-from ..della.modeling_della import (
-    DellaAttention,
-    DellaBlock,
-    DellaLatentOutput,
-    DellaPreTrainedModel,
-    TextVAEOutput,
-    _check_text_inputs,
-    gaussian_kl,
-    gaussian_log_prob,
+from ..della.modeling_della import DellaAttention, DellaBlock, DellaLatentOutput, DellaPreTrainedModel, TextVAEOutput
+from ..text_vae_utils import (
+    GPT2LatentDecoderMixin,
+    bos_prompt,
+    check_text_inputs,
+    kl_loss_with_free_bits,
+    latent_kl_terms,
+    load_gpt2_backbone,
+    sequence_nll,
     token_nll,
 )
 from .configuration_trace import TraceConfig
@@ -160,10 +161,7 @@ def trace_token_nll(
             f"`shift_labels` has shape {tuple(shift_labels.shape)} but the logits cover {tuple(logits.shape[:2])}; "
             "they must be aligned position by position."
         )
-    nll = nn.functional.cross_entropy(
-        logits.float().reshape(-1, logits.shape[-1]), shift_labels.reshape(-1), ignore_index=-100, reduction="none"
-    ).view(shift_labels.shape)
-    return nll.sum(1), (shift_labels != -100).sum(1)
+    return sequence_nll(logits, shift_labels)
 
 
 @dataclass
@@ -172,7 +170,7 @@ class TraceOutput(TextVAEOutput):
     latents; the decoder pass's `hidden_states` and `attentions` are [`TextVAEOutput`]'s fields."""
 
 
-class TraceModel(TracePreTrainedModel):
+class TraceModel(GPT2LatentDecoderMixin, TracePreTrainedModel):
     """GPT-2 backbone with TRACE's latent module; ``forward`` is the causal decoder pass given segment latents."""
 
     def __init__(self, config: TraceConfig):
@@ -189,32 +187,6 @@ class TraceModel(TracePreTrainedModel):
             self.latent_proj = nn.Linear(config.latent_size, d, bias=False)
         self.post_init()
 
-    def get_input_embeddings(self) -> nn.Embedding:
-        return self.wte
-
-    def set_input_embeddings(self, new_embeddings: nn.Embedding) -> None:
-        self.wte = new_embeddings
-
-    def _embed(self, input_ids, position_ids, cache, inputs_embeds=None):
-        if (input_ids is None) == (inputs_embeds is None):
-            raise ValueError("Pass exactly one of `input_ids` and `inputs_embeds`.")
-        if inputs_embeds is None:
-            inputs_embeds = self.wte(input_ids)
-        if position_ids is None:
-            past = cache.get_seq_length() if cache is not None else 0
-            position_ids = (torch.arange(inputs_embeds.shape[1], device=inputs_embeds.device) + past).unsqueeze(0)
-            last = past + inputs_embeds.shape[1] - 1  # known from the shapes (no data-dependent check: exportable)
-        elif torch.compiler.is_exporting() or torch.compiler.is_compiling():
-            last = None  # given positions: a data-dependent check cannot be traced
-        else:
-            last = int(position_ids.max())
-        if last is not None and last >= self.config.max_position_embeddings:
-            raise ValueError(
-                f"The sequence is longer than the context: position {last} >= "
-                f"n_positions={self.config.max_position_embeddings}. Truncate the text."
-            )
-        return inputs_embeds, position_ids, inputs_embeds + self.wpe(position_ids)
-
     def segment_features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> tuple:
         """Encoder pass and per-segment pooling: ``h`` ``(batch, K, d)``, a validity mask ``(batch, K)``, segment ids."""
         seg = segment_ids(input_ids, attention_mask, self.config)
@@ -225,25 +197,17 @@ class TraceModel(TracePreTrainedModel):
                 f"Rows {too_many} have {num[too_many].tolist()} segments, more than max_segments="
                 f"{self.config.max_segments}; raise `max_segments` or use longer segments."
             )
-        inputs_embeds, position_ids, hidden = self._embed(input_ids, None, None)
         if self.config.posterior_context == "full":
+            inputs_embeds, position_ids, hidden = self._embed(input_ids, None, None, None)
             mask = create_bidirectional_mask(
                 config=self.config, inputs_embeds=inputs_embeds, attention_mask=attention_mask
             )
-            causal = False
-        else:
-            mask = create_causal_mask(
-                config=self.config,
-                inputs_embeds=inputs_embeds,
-                attention_mask=attention_mask,
-                cache=None,
-                position_ids=position_ids,
-            )
-            causal = True
-        hidden = self.drop(hidden)
-        for block in self.h:
-            hidden = block(hidden, attention_mask=mask, position_ids=position_ids, is_causal=causal)
-        hidden = self.ln_f(hidden)  # O(1) features keep the posterior layer norm far from its epsilon
+        else:  # the causal pass of the decoder, without cache and latents
+            _, _, position_ids, hidden, mask = self._decoder_inputs(input_ids, attention_mask, None, False, None, None)
+        # ln_f inside: O(1) features keep the posterior layer norm far from its epsilon
+        hidden = self._decoder_blocks(
+            hidden, lambda _: None, None, False, mask, position_ids, is_causal=self.config.posterior_context != "full"
+        ).last_hidden_state
         k = int(num.max())
         onehot = nn.functional.one_hot(seg.clamp(min=0), k).to(hidden.dtype) * (seg >= 0).unsqueeze(-1)
         counts = onehot.sum(1)  # (batch, K)
@@ -368,16 +332,8 @@ class TraceModel(TracePreTrainedModel):
                 *optional*), inputs_embeds (`torch.FloatTensor` of shape `(batch, seq, hidden_size)`, *optional*):
                 as in GPT-2. `output_hidden_states` / `output_attentions` / `return_dict` are honoured.
         """
-        use_cache = use_cache if use_cache is not None else (self.config.use_cache and not self.training)
-        if use_cache and cache is None:
-            cache = DynamicCache(config=self.config)
-        inputs_embeds, position_ids, hidden = self._embed(input_ids, position_ids, cache, inputs_embeds)
-        causal_mask = create_causal_mask(
-            config=self.config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            cache=cache,
-            position_ids=position_ids,
+        cache, use_cache, position_ids, hidden, causal_mask = self._decoder_inputs(
+            input_ids, attention_mask, cache, use_cache, position_ids, inputs_embeds
         )
         token_latent = None
         if latents is not None:
@@ -388,17 +344,9 @@ class TraceModel(TracePreTrainedModel):
             if self.config.latent_injection == "embedding":
                 hidden = hidden + self.latent_proj(token_latent)
                 token_latent = None
-        hidden = self.drop(hidden)
-        for block in self.h:
-            hidden = block(
-                hidden,
-                cache=cache,
-                attention_mask=causal_mask,
-                latent=token_latent,
-                position_ids=position_ids,
-                **kwargs,
-            )
-        return BaseModelOutputWithPast(last_hidden_state=self.ln_f(hidden), cache=cache if use_cache else None)
+        return self._decoder_blocks(
+            hidden, lambda _: token_latent, cache, use_cache, causal_mask, position_ids, **kwargs
+        )
 
 
 class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
@@ -432,7 +380,7 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
         mode: str | None = None,
     ) -> DellaLatentOutput:
         """Posterior segment latents of a text, shape ``(batch, K, latent_size)`` (K = most segments in the batch)."""
-        _check_text_inputs(input_ids, attention_mask, "TraceForCausalLM.encode")
+        check_text_inputs(input_ids, attention_mask, "TraceForCausalLM.encode")
         feats, valid, _ = self.transformer.segment_features(input_ids, attention_mask)
         return self.transformer.latent_chain(feats, valid, use_mean=use_mean, mode=mode)
 
@@ -447,19 +395,7 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
     @classmethod
     def from_backbone(cls, path: str, **config_kwargs) -> TraceForCausalLM:
         """Build TRACE with its backbone initialised from a GPT-2 checkpoint (see `DellaForCausalLM.from_backbone`)."""
-        backbone = GPT2LMHeadModel.from_pretrained(path, dtype=torch.float32)
-        cfg_dict = backbone.config.to_dict()
-        for key in ("model_type", "architectures", "transformers_version", "auto_map"):
-            cfg_dict.pop(key, None)
-        cfg_dict.update(config_kwargs)
-        model = cls(TraceConfig(**cfg_dict))
-        _, unexpected = model.transformer.load_state_dict(backbone.transformer.state_dict(), strict=False)
-        if unexpected:
-            raise ValueError(f"GPT-2 checkpoint {path!r} has weights TRACE cannot place: {unexpected[:5]} ...")
-        if not model.config.tie_word_embeddings:
-            model.lm_head.weight.data.copy_(backbone.lm_head.weight.data)
-        model.tie_weights()
-        return model
+        return load_gpt2_backbone(cls, TraceConfig, path, **config_kwargs)[0]
 
     @can_return_tuple
     @deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")
@@ -506,7 +442,7 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
                     "TraceForCausalLM.forward with `inputs_embeds` needs `latents`: the posterior segments the text "
                     "by its tokens. Encode first (`model.encode(input_ids)`) or pass `input_ids`."
                 )
-            _check_text_inputs(input_ids, attention_mask, "TraceForCausalLM.forward")
+            check_text_inputs(input_ids, attention_mask, "TraceForCausalLM.forward")
             feats, valid, _ = self.transformer.segment_features(input_ids, attention_mask)
             latent_out = self.transformer.latent_chain(feats, valid, use_mean=use_mean, mode=training_mode)
             latents = latent_out.latents
@@ -532,31 +468,16 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
             "attentions": out.attentions,
         }
         if latent_out is not None:
-            lo = latent_out
-            keep = valid.to(logits.dtype)
-            result["kl_per_group"] = (
-                gaussian_kl(lo.posterior_mean, lo.posterior_logvar, lo.prior_mean, lo.prior_logvar) * keep
-            )
-            n = keep.sum(1).clamp(min=1)
-            kl_sum = result["kl_per_group"].sum(1)
-            result["kl"] = kl_sum if self.config.kl_reduction == "sum" else kl_sum / n
-            result["log_prior"] = (gaussian_log_prob(lo.latents, lo.prior_mean, lo.prior_logvar) * keep).sum(1)
-            result["log_posterior"] = (
-                gaussian_log_prob(lo.latents, lo.posterior_mean, lo.posterior_logvar) * keep
-            ).sum(1)
+            result.update(latent_kl_terms(latent_out, self.config.kl_reduction, valid))
         if labels is not None or shift_labels is not None:
             result["rec_loss"], result["num_tokens"] = trace_token_nll(logits, labels, shift_labels)
             loss = result["rec_loss"].mean()
             if latent_out is not None:
                 beta = self.kl_weight if kl_weight is None else kl_weight
-                if self.config.free_bits > 0:
-                    # free bits per segment position: batch-mean KL over the rows that have that segment
-                    present = keep.sum(0)
-                    per_k = (result["kl_per_group"].sum(0) / present.clamp(min=1)).clamp(min=self.config.free_bits)
-                    per_k = per_k * (present > 0)
-                    kl_term = per_k.sum() if self.config.kl_reduction == "sum" else per_k.sum() / (present > 0).sum()
-                else:
-                    kl_term = result["kl"].mean()
+                # free bits per segment position: batch-mean KL over the rows that have that segment
+                kl_term = kl_loss_with_free_bits(
+                    result["kl_per_group"], self.config.kl_reduction, self.config.free_bits, valid=valid
+                )
                 loss = loss + beta * kl_term
                 if self.config.transition == "free" and self.config.idempotent_penalty > 0:
                     loss = loss + self.config.idempotent_penalty * self.transformer.latent.idempotence_gap()
@@ -590,12 +511,7 @@ class TraceForCausalLM(TracePreTrainedModel, GenerationMixin):
         from the recurrent prior. Each new token uses the latent of the segment it starts or continues."""
         inputs_embeds = kwargs.get("inputs_embeds")
         if input_ids is None and inputs_embeds is None:
-            bos = self.generation_config.bos_token_id
-            if bos is None:
-                bos = self.config.bos_token_id
-            if bos is None:
-                raise ValueError("Pass `input_ids` (a prompt), or set `bos_token_id` to generate from scratch.")
-            input_ids = torch.full((1 if latents is None else latents.shape[0], 1), bos, device=self.device)
+            input_ids = bos_prompt(self, 1 if latents is None else latents.shape[0])
         batch_size = input_ids.shape[0] if input_ids is not None else inputs_embeds.shape[0]
         if latents is None:
             latents = self.sample_latents(batch_size, temperature=temperature_latent)

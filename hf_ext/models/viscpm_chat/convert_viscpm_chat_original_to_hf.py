@@ -134,28 +134,21 @@ def convert_viscpm_chat_bee_checkpoint(
         dtype (`str`, *optional*, defaults to `"float16"`): stored dtype.
         max_shard_size (`str`, *optional*, defaults to `"2GB"`): shard size.
     """
-    import json
 
-    from ..cpmbee.configuration_cpmbee import CpmBeeConfig
     from ..cpmbee.convert_cpmbee_original_to_hf import (
         DTYPES,
         iter_original_tensors,
+        load_cpmbee_config_and_tokenizer,
         load_original_checkpoint,
         write_safetensors_shards,
     )
-    from ..cpmbee.tokenization_cpmbee import CpmBeeTokenizer
     from ..muffin.image_processing_muffin import MuffinImageProcessor
     from .configuration_viscpm_chat import VisCPMChatConfig
     from .modeling_viscpm_chat_bee import VisCPMChatBeeForConditionalGeneration
 
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}.")
-    if not isinstance(llm_config, dict):
-        llm_config = json.loads(Path(llm_config).read_text(encoding="utf-8"))
-    text_config = CpmBeeConfig.from_original_config(llm_config)
-    tokenizer = CpmBeeTokenizer(str(vocab))
-    if tokenizer.vocab_size != text_config.vocab_size:
-        raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens, the LLM config {text_config.vocab_size}.")
+    text_config, tokenizer = load_cpmbee_config_and_tokenizer(llm_config, vocab)
     state = (
         load_original_checkpoint(checkpoint) if Path(checkpoint).is_file() else load_original_state_dict(checkpoint)
     )

@@ -24,6 +24,7 @@ from transformers import GenerationMixin
 from transformers.utils import can_return_tuple, logging
 
 from ..cpmbee.generation_cpmbee import VISCPM_CHAT_BEAM_SETTINGS, cpmbee_beam_search
+from ..cpmbee.modeling_cpmbee import cpmbee_lm_loss
 from ..muffin.modeling_muffin import MuffinCausalLMOutputWithPast, MuffinModel
 from .configuration_viscpm_chat import VisCPMChatConfig
 from .modeling_viscpm_chat import VisCPMChatPreTrainedModel
@@ -179,17 +180,8 @@ class VisCPMChatBeeForConditionalGeneration(VisCPMChatPreTrainedModel, Generatio
             ext_table_sub=ext_table_sub,
             **{**kwargs, "return_dict": True},
         )
-        hidden = outputs.last_hidden_state
-        if logits_to_keep:
-            hidden = hidden[:, -logits_to_keep:]
-        ext_ids = torch.as_tensor(ext_table_ids, device=hidden.device) if ext_table_ids is not None else None
-        ext_sub = torch.as_tensor(ext_table_sub, device=hidden.device) if ext_table_sub is not None else None
-        logits = llm.project_to_vocab(hidden, ext_ids, ext_sub)
-        loss = None
-        if labels is not None:
-            loss = nn.functional.cross_entropy(
-                logits.float().flatten(0, 1), labels.to(logits.device).flatten(), ignore_index=-100
-            )
+        logits = llm.lm_logits(outputs.last_hidden_state, ext_table_ids, ext_table_sub, logits_to_keep)
+        loss = cpmbee_lm_loss(logits, labels) if labels is not None else None
         return MuffinCausalLMOutputWithPast(
             loss=loss,
             logits=logits,

@@ -30,6 +30,7 @@ from transformers.utils import logging
 from ...models.cpmbee.convert_cpmbee_original_to_hf import (
     DTYPES,
     iter_original_tensors,
+    load_cpmbee_config_and_tokenizer,
     load_original_checkpoint,
     write_safetensors_shards,
 )
@@ -64,7 +65,6 @@ def convert_viscpm_paint_checkpoint(
     """
     from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 
-    from ...models.cpmbee import CpmBeeConfig, CpmBeeTokenizer
     from .modeling_text_projection import VisCPMPaintTextProjection
 
     if dtype not in DTYPES:
@@ -75,12 +75,7 @@ def convert_viscpm_paint_checkpoint(
     for sub in ("unet/config.json", "vae", "scheduler"):
         if not (sd_model / sub).exists():
             raise ValueError(f"--sd_model {sd_model} has no {sub}: point it to a Stable Diffusion 2.1-base folder.")
-    if not isinstance(llm_config, dict):
-        llm_config = json.loads(Path(llm_config).read_text(encoding="utf-8"))
-    text_config = CpmBeeConfig.from_original_config(llm_config)
-    tokenizer = CpmBeeTokenizer(str(vocab))
-    if tokenizer.vocab_size != text_config.vocab_size:
-        raise ValueError(f"{vocab} has {tokenizer.vocab_size} tokens, the LLM config {text_config.vocab_size}.")
+    text_config, tokenizer = load_cpmbee_config_and_tokenizer(llm_config, vocab)
     state = load_original_checkpoint(checkpoint)
     for key in ("trans_block.w_out_res.weight", "trans_block.layernorm.weight", "trans_block.layernorm.bias"):
         if key not in state:

@@ -7,7 +7,6 @@ import copy
 import hashlib
 import json
 import os
-import textwrap
 from typing import Any
 
 import torch
@@ -24,6 +23,7 @@ from trl.trainer.dpo_trainer import DataCollatorForPreference, DataCollatorForVi
 from trl.trainer.utils import global_then_local_main_first, use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
+from ...utils.citations import CITATIONS
 from ...utils.fsdp import FSDP2FusedLMHeadCallback
 from ..chat_template_utils import (
     apply_training_chat_template,
@@ -119,18 +119,9 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
     _hf_ext_card_family = "rlhf_v"  # model card from model_cards/rlhf_v.md (HfExtModelCardMixin)
     _name = "Dense DPO"
     _paper = {
-        "title": "RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback",
-        "id": "2312.00849",
-        # docstyle-ignore
-        "citation": textwrap.dedent("""\
-            @inproceedings{yu2024rlhfv,
-                title        = {{RLHF-V: Towards Trustworthy MLLMs via Behavior Alignment from Fine-grained Correctional Human Feedback}},
-                author       = {Tianyu Yu and Yuan Yao and Haoye Zhang and Taiwen He and Yifeng Han and Ganqu Cui and Jinyi Hu and Zhiyuan Liu and Hai-Tao Zheng and Maosong Sun and Tat-Seng Chua},
-                year         = 2024,
-                booktitle    = {{IEEE/CVF Conference on Computer Vision and Pattern Recognition, CVPR 2024}},
-                eprint       = {2312.00849},
-                archivePrefix= {arXiv},
-            }"""),
+        "title": CITATIONS["rlhf_v"].title,
+        "id": CITATIONS["rlhf_v"].arxiv,
+        "citation": CITATIONS["rlhf_v"].bibtex,
     }
 
     def __init__(

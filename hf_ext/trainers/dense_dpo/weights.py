@@ -5,7 +5,8 @@ Everything about the token weighting lives here:
 * **which tokens are corrected** — the official RLHF-V token diff over the whole tokenised sequence
   (:func:`sequence_corrected_masks`, exactly `DataCollatorForDPODataset` + `get_diff_ids` of thunlp/Muffin), its
   building block on two arbitrary id lists (:func:`corrected_token_masks`, :func:`correction_weights`), or explicit
-  character spans of the completion text (:func:`segment_token_mask`, the single span → token function);
+  character spans of the completion text (:func:`segment_token_mask`, the single span → token function, defined in
+  :mod:`hf_ext.utils.spans` and re-exported here);
 * **how a sequence is scored** — :func:`dense_token_coefficients` is the single place where γ, the normalisation
   (paper Eq. 5) and LD-DPO's tail factor are applied: the score of a sequence is ``Σ_t c_t · log p_t`` with those
   coefficients, for the policy and the reference alike (:func:`dense_sequence_scores`).
@@ -20,6 +21,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
+from ...utils.spans import segment_token_mask, span_token_mask, validate_spans
 
 __all__ = [
     "check_gamma",
@@ -157,9 +160,7 @@ def sequence_corrected_masks(
         official layout). Flags on prompt positions are possible (an answer repeating the prompt) and are masked out
         by the loss.
     """
-    if len(rejected_ids) < 1 or len(chosen_ids) < 1:
-        raise ValueError("`sequence_corrected_masks` needs non-empty sequences (prompt + answer).")
-    return corrected_token_masks(list(rejected_ids)[1:], list(chosen_ids)[1:], min_match, weight_insertions)
+    return corrected_token_masks(*_without_first_token(rejected_ids, chosen_ids), min_match, weight_insertions)
 
 
 def sequence_correction_weights(
@@ -181,86 +182,14 @@ def sequence_correction_weights(
     ([1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0, 1.0, 5.0, 1.0, 1.0, 1.0])
     ```
     """
-    gamma = check_gamma(gamma, "gamma")
-    rejected_mask, chosen_mask = sequence_corrected_masks(rejected_ids, chosen_ids, min_match, weight_insertions)
-    return [gamma if m else 1.0 for m in rejected_mask], [gamma if m else 1.0 for m in chosen_mask]
+    return correction_weights(*_without_first_token(rejected_ids, chosen_ids), gamma, min_match, weight_insertions)
 
 
-# ------------------------------------------------------------------------------------------- explicit spans
-
-
-def validate_spans(spans: Any, text_length: int, where: str) -> list[tuple[int, int]]:
-    """Check character spans ``[[start, end], ...]`` (end exclusive) against a completion of ``text_length`` chars.
-
-    ``None`` means "no spans" (the token diff is used); an empty list means "nothing corrected on this side".
-    """
-    if spans is None:
-        return []
-    if isinstance(spans, (str, bytes)):
-        raise TypeError(
-            f"{where}: segments must be a list of [start, end] character offsets, got a string {spans[:60]!r}. "
-            "Parse it first (e.g. `json.loads`)."
-        )
-    if not isinstance(spans, (list, tuple)):
-        raise TypeError(
-            f"{where}: segments must be a list of [start, end] character offsets, got {type(spans).__name__}."
-        )
-    out = []
-    for span in spans:
-        if isinstance(span, (str, bytes)) or not isinstance(span, (list, tuple)) or len(span) != 2:
-            raise ValueError(f"{where}: each segment must be a [start, end] pair of character offsets, got {span!r}.")
-        if any(isinstance(x, bool) or not isinstance(x, numbers.Integral) for x in span):
-            raise TypeError(f"{where}: segment offsets must be integers, got {span!r}.")
-        start, end = int(span[0]), int(span[1])
-        if start == end:
-            raise ValueError(
-                f"{where}: segment {[start, end]} is empty (start == end); a segment covers the characters "
-                "text[start:end] with start < end. Drop it, or give [] for a side with no corrected segment."
-            )
-        if not 0 <= start < end <= text_length:
-            raise ValueError(
-                f"{where}: segment {[start, end]} is outside the completion text of {text_length} characters "
-                "(need 0 <= start < end <= len(text); offsets are relative to the completion text, end exclusive)."
-            )
-        out.append((start, end))
-    return out
-
-
-def span_token_mask(
-    offsets: Sequence[tuple[int, int]],
-    spans: Sequence[tuple[int, int]],
-    char_shift: int = 0,
-) -> list[bool]:
-    """Flag every token whose character range ``offsets[i]`` overlaps one of ``spans`` (shifted by ``char_shift``).
-
-    ``offsets`` are a fast tokenizer's ``offset_mapping`` over the rendered text; ``spans`` are relative to the
-    completion text, which starts at ``char_shift`` in the rendered text. Zero-width tokens (special tokens) are never
-    flagged. Spans are not validated: use :func:`segment_token_mask`.
-    """
-    shifted = [(s + char_shift, e + char_shift) for s, e in spans]
-    return [tok_e > tok_s and any(tok_s < e and s < tok_e for s, e in shifted) for tok_s, tok_e in offsets]
-
-
-def segment_token_mask(
-    offsets: Sequence[tuple[int, int]],
-    spans: Any,
-    text_length: int,
-    char_shift: int,
-    where: str,
-) -> list[bool]:
-    """The single span → token function: validate ``spans`` of a completion text and flag the tokens they overlap.
-
-    Args:
-        offsets (`Sequence[tuple[int, int]]`): ``offset_mapping`` of the tokens over the rendered text.
-        spans (`list[list[int]]`): ``[start, end)`` character offsets relative to the completion text.
-        text_length (`int`): length of the completion text in characters.
-        char_shift (`int`): where the completion text starts in the rendered text.
-        where (`str`): names the row and column in error messages.
-
-    Returns:
-        `list[bool]`: one flag per entry of ``offsets``.
-    """
-    return span_token_mask(offsets, validate_spans(spans, text_length, where), char_shift)
+def _without_first_token(rejected_ids: Sequence[int], chosen_ids: Sequence[int]) -> tuple[list[int], list[int]]:
+    """Both whole sequences minus their first token, as the official collator diffs them."""
+    if len(rejected_ids) < 1 or len(chosen_ids) < 1:
+        raise ValueError("The whole sequences (prompt + answer) of a pair must be non-empty.")
+    return list(rejected_ids)[1:], list(chosen_ids)[1:]
 
 
 # ------------------------------------------------------------------------------------------ the scoring rule
