@@ -991,13 +991,15 @@ def run_study(
     lrs_path = out / "learning_rates.json"
     lrs = json.loads(lrs_path.read_text()) if lrs_path.exists() else None
     results = []
-    for seed in order:
+
+    def run_or_load(seed: int, note: str = "") -> None:
+        nonlocal lrs
         path = out / "seeds" / f"seed{seed}.json"
         if path.exists():
             results.append(json.loads(path.read_text()))
-            log(f"seed {seed}: loaded {path} (already done)")
-            continue
-        log(f"seed {seed}: start")
+            log(f"seed {seed}{note}: loaded {path} (already done)")
+            return
+        log(f"seed {seed}: start{note}")
         res = run_seed(config, seed, work, lrs, tokenizer, log, bar, log_file)
         if lrs is None:
             lrs = res["learning_rates"]
@@ -1005,22 +1007,16 @@ def run_study(
         save_results(res, path)
         log(f"seed {seed}: done in {res['seconds']:.0f}s -> {path}")
         results.append(res)
+
+    for seed in order:
+        run_or_load(seed)
     if config.gate_failure == "replace":
         # a seed whose SFT model fails the gates is replaced by the next unused seed until len(seeds) seeds pass;
         # the gates are measured before any preference run, so this selects on the premise, not on the outcome
         next_seed, replaced = max(config.seeds) + 1, 0
         while sum(not r.get("excluded") for r in results) < len(config.seeds) and replaced < config.max_replacements:
-            seed, next_seed, replaced = next_seed, next_seed + 1, replaced + 1
-            path = out / "seeds" / f"seed{seed}.json"
-            if path.exists():
-                results.append(json.loads(path.read_text()))
-                log(f"seed {seed} (replacement): loaded {path} (already done)")
-                continue
-            log(f"seed {seed}: start (replaces an excluded seed)")
-            res = run_seed(config, seed, work, lrs, tokenizer, log, bar, log_file)
-            save_results(res, path)
-            log(f"seed {seed}: done in {res['seconds']:.0f}s -> {path}")
-            results.append(res)
+            run_or_load(next_seed, " (replaces an excluded seed)")
+            next_seed, replaced = next_seed + 1, replaced + 1
         passing = sum(not r.get("excluded") for r in results)
         if passing < len(config.seeds):
             log(f"only {passing} of {len(config.seeds)} seeds pass the gates after {replaced} replacements")

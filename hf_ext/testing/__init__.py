@@ -39,6 +39,7 @@ _LAZY_ATTRS: dict[str, str] = {
     "tiny_jiuge": "text_models",
     "tiny_jiuge_tokenizer": "text_models",
     "tiny_text_vae": "text_models",
+    "tiny_text_vae_config": "text_models",
     "tiny_elv_model": "elv",
     # vision-language models
     "tiny_beit3_config": "muffin",
@@ -125,6 +126,7 @@ if TYPE_CHECKING:  # pragma: no cover
         tiny_jiuge_tokenizer,
         tiny_llama_config,
         tiny_text_vae,
+        tiny_text_vae_config,
     )
     from .tokenizers import DEFAULT_CORPUS, gpt2_tokenizer, tiny_bpe_tokenizer  # noqa: F401
 

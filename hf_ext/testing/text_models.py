@@ -16,14 +16,29 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import torch
-from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, PreTrainedModel, PreTrainedTokenizerBase
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    LlamaConfig,
+    PretrainedConfig,
+    PreTrainedModel,
+    PreTrainedTokenizerBase,
+)
 
 from hf_ext.testing.tokenizers import tiny_bpe_tokenizer
 
 if TYPE_CHECKING:
     from hf_ext.models.jiuge import JiugeTokenizer
 
-__all__ = ["POEMS", "tiny_gpt2", "tiny_jiuge", "tiny_jiuge_tokenizer", "tiny_llama_config", "tiny_text_vae"]
+__all__ = [
+    "POEMS",
+    "tiny_gpt2",
+    "tiny_jiuge",
+    "tiny_jiuge_tokenizer",
+    "tiny_llama_config",
+    "tiny_text_vae",
+    "tiny_text_vae_config",
+]
 
 POEMS = [
     "白日依山尽，黄河入海流。欲穷千里目，更上一层楼。",
@@ -129,29 +144,14 @@ def tiny_text_vae(
     """
     tok = tokenizer if tokenizer is not None else tiny_bpe_tokenizer()
     eos = tok.eos_token_id
-    common: dict[str, Any] = dict(
-        vocab_size=len(tok),
-        n_embd=32,
-        n_layer=3 if model_type == "della" else 2,
-        n_head=2,
-        n_positions=64,
-        latent_size=6,
-        latent_lmf_rank=2,
-        bos_token_id=eos,
-        eos_token_id=eos,
-        pad_token_id=tok.pad_token_id,
-    )
+    ids = dict(vocab_size=len(tok), bos_token_id=eos, eos_token_id=eos, pad_token_id=tok.pad_token_id)
+    if model_type == "trace":
+        ids["separator_token_ids"] = [tok.convert_tokens_to_ids("Ġ.")]
+    config = tiny_text_vae_config(model_type, **ids)
     if model_type == "della":
-        from hf_ext.models.della import DellaConfig, DellaForCausalLM
-
-        config, model_class = DellaConfig(**common), DellaForCausalLM
-    elif model_type == "trace":
-        from hf_ext.models.trace import TraceConfig, TraceForCausalLM
-
-        dot = tok.convert_tokens_to_ids("Ġ.")
-        config, model_class = TraceConfig(separator_token_ids=[dot], max_segments=8, **common), TraceForCausalLM
+        from hf_ext.models.della import DellaForCausalLM as model_class
     else:
-        raise ValueError(f"model_type must be 'della' or 'trace', got {model_type!r}.")
+        from hf_ext.models.trace import TraceForCausalLM as model_class
     torch.manual_seed(seed)
     model = model_class(config)
     with torch.no_grad():
@@ -159,3 +159,31 @@ def tiny_text_vae(
             if name.endswith("rank_weight"):
                 param.fill_(1.0)
     return model.eval()
+
+
+def tiny_text_vae_config(model_type: str = "della", **overrides: Any) -> PretrainedConfig:
+    """The config of a tiny DELLA ([`DellaConfig`], 3 layers) or TRACE ([`TraceConfig`], 2 layers, at most 8
+    segments): width 32, 2 heads, 64 positions, latent size 6, low-rank fusion rank 2; ``overrides`` replace any field
+    (e.g. ``vocab_size``, the special-token ids, the dropouts).
+
+    Args:
+        model_type (`str`, *optional*, defaults to `"della"`): `"della"` or `"trace"`.
+        overrides: config fields to set.
+    """
+    base: dict[str, Any] = dict(
+        n_embd=32,
+        n_layer=3 if model_type == "della" else 2,
+        n_head=2,
+        n_positions=64,
+        latent_size=6,
+        latent_lmf_rank=2,
+    )
+    if model_type == "della":
+        from hf_ext.models.della import DellaConfig
+
+        return DellaConfig(**{**base, **overrides})
+    if model_type == "trace":
+        from hf_ext.models.trace import TraceConfig
+
+        return TraceConfig(**{**base, "max_segments": 8, **overrides})
+    raise ValueError(f"model_type must be 'della' or 'trace', got {model_type!r}.")

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 from transformers import DataCollatorForSeq2Seq, get_scheduler, set_seed
 from transformers.utils import logging
 
+from ...utils.citations import CITATIONS
 from ...utils.io import atomic_write
 from .elv_config import ELVConfig
 from .elv_model import ELVModel
@@ -91,8 +92,9 @@ class ELVTrainer:
     _name = "ELV"
     _tag_names = ["hf_ext", "elv"]
     _paper = {
-        "title": "Towards Interpretable Natural Language Understanding with Explanations as Latent Variables",
-        "id": "2011.05268",
+        "title": CITATIONS["elv"].title,
+        "id": CITATIONS["elv"].arxiv,
+        "citation": CITATIONS["elv"].bibtex,
     }
 
     def __init__(

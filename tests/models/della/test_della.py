@@ -7,31 +7,17 @@ import torch
 from torch.distributions import Normal, kl_divergence
 from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
 
-import hf_ext  # noqa: F401  (registers the Auto classes)
+import hf_ext  # noqa: F401
 from hf_ext.models.della import DellaConfig, DellaForCausalLM, DellaForConditionalGeneration, DellaModel
 from hf_ext.models.della.modeling_della import DellaLowRankFusion, DellaPooler
+from hf_ext.testing import tiny_text_vae_config
 
 VOCAB = 40
 
 
 def tiny_config(**kw):
-    base = dict(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=3,
-        n_head=2,
-        n_positions=32,
-        latent_size=6,
-        latent_lmf_rank=2,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
-    )
-    base.update(kw)
-    return DellaConfig(**base)
+    ids = dict(vocab_size=VOCAB, n_positions=32, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    return tiny_text_vae_config("della", **{**ids, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw})
 
 
 def activate_fusion(model, scale=1.0):

@@ -8,31 +8,17 @@ from transformers import AutoConfig, AutoModelForCausalLM, GPT2Config, GPT2LMHea
 import hf_ext  # noqa: F401
 from hf_ext.models.trace import TraceConfig, TraceForCausalLM
 from hf_ext.models.trace.modeling_trace import compute_latent_index, segment_ids
+from hf_ext.testing import tiny_text_vae_config
 
 VOCAB = 40
 SEP = 3
 
 
 def tiny_config(**kw):
-    base = dict(
-        vocab_size=VOCAB,
-        n_embd=32,
-        n_layer=2,
-        n_head=2,
-        n_positions=48,
-        latent_size=6,
-        latent_lmf_rank=2,
-        separator_token_ids=[SEP],
-        max_segments=8,
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        resid_pdrop=0.0,
-        embd_pdrop=0.0,
-        attn_pdrop=0.0,
+    base = dict(vocab_size=VOCAB, n_positions=48, separator_token_ids=[SEP], bos_token_id=0, eos_token_id=1)
+    return tiny_text_vae_config(
+        "trace", **{**base, "pad_token_id": 1, "resid_pdrop": 0.0, "embd_pdrop": 0.0, "attn_pdrop": 0.0, **kw}
     )
-    base.update(kw)
-    return TraceConfig(**base)
 
 
 def activate_fusion(model):
