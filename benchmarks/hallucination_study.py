@@ -120,15 +120,18 @@ def report(results, config, out: Path) -> str:
             f"({g['shape_shuffled']:.3f}) | {g['probe']:.3f} | {g['prior_rate']:.3f} (n={g['n_conflict']}) | "
             f"{g['passed']} |"
         )
-    lines += ["", "## Pairs (per seed)"]
     excluded = [s for s in results["seeds"] if s.get("excluded")]
+    passing = len(results["seeds"]) - len(excluded)
+    enough = passing >= config.min_passing_seeds
+    lines += [
+        "",
+        f"{passing} of {len(results['seeds'])} seeds pass the gates; the tables below are over those {passing} "
+        "(a seed that fails a gate runs no preference arm: the gates are measured before any preference run)."
+        + ("" if enough else f" **Fewer than the {config.min_passing_seeds} the primary comparison needs.**"),
+    ]
     if excluded:
-        lines += [
-            "",
-            "Excluded (failed a gate before any preference run; replaced by the next seed): "
-            + "; ".join(s["reason"] for s in excluded),
-        ]
-    lines += [""]
+        lines += ["", "Excluded: " + "; ".join(s["reason"] for s in excluded)]
+    lines += ["", "## Pairs (per seed)", ""]
     for s in results["seeds"]:
         if s.get("excluded"):
             continue

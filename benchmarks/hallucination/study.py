@@ -134,8 +134,9 @@ class StudyConfig:
     """Sizes and hyper-parameters of the study (defaults: ``make study``, sized for 2 CPU cores and 2 hours).
 
     Args:
-        seeds (`Sequence[int]`): one run (bridge, SFT, gates, pairs, every arm) per seed; ≥ 8 for the primary
-            comparison.
+        seeds (`Sequence[int]`, *optional*, defaults to `0..23`): one run (bridge, SFT, gates, pairs, every arm) per
+            seed. Seeds whose SFT model fails the gates run no arm (``gate_failure``); the primary comparison is over
+            the seeds that pass, and needs at least ``min_passing_seeds`` of them.
         arms (`Sequence[str]`): arms among [`ARMS`] (``"dpo"`` must be one: it is the paired baseline).
         num_pairs (`int`): pairs per arm in the primary comparison (every seed).
         beta (`float`): β of the primary comparison (the paper: 0.5).
@@ -163,16 +164,17 @@ class StudyConfig:
             ``"official"`` (what RLHF-V's trainer freezes: BEiT-3's vision experts and vision embedding; see
             [`~benchmarks.hallucination.gates.freeze_vision`]).
         gates (`GateThresholds`): gate thresholds; ``enforce_gates`` stops a failing run.
-        gate_failure (`str`, *optional*, defaults to `"replace"`): what a seed whose SFT model fails the gates does
+        gate_failure (`str`, *optional*, defaults to `"exclude"`): what a seed whose SFT model fails the gates does
             (with ``enforce_gates``): ``"stop"`` raises :class:`GateError`; ``"exclude"`` records the seed (its gate
             values and the reason) and runs no preference arm on it; ``"replace"`` also draws the next unused seed,
             until ``len(seeds)`` seeds pass or ``max_replacements`` seeds were drawn. The learning-rate seed always
             stops. The gates are measured before any preference run, so excluding a seed selects on the premise
             (the model sees and its prior misleads), never on the outcome the arms are compared on.
-        max_replacements (`int`, *optional*, defaults to `8`): at most this many replacement seeds.
+        max_replacements (`int`, *optional*, defaults to `16`): at most this many replacement seeds.
+        min_passing_seeds (`int`, *optional*, defaults to `8`): the report warns when fewer seeds pass the gates.
     """
 
-    seeds: Sequence[int] = tuple(range(8))
+    seeds: Sequence[int] = tuple(range(24))
     arms: Sequence[str] = ("sft_corrected", "dpo", "dpo_ranking", "ddpo_g2", "ddpo_g5", "ddpo_g2_norm", "ddpo_g5_norm")
     num_pairs: int = 300
     beta: float = 0.5
@@ -215,8 +217,9 @@ class StudyConfig:
     vision_freeze: str = "tower"
     gates: GateThresholds = field(default_factory=GateThresholds)
     enforce_gates: bool = True
-    gate_failure: str = "replace"
-    max_replacements: int = 8
+    gate_failure: str = "exclude"
+    max_replacements: int = 16
+    min_passing_seeds: int = 8
 
     def __post_init__(self) -> None:
         if isinstance(self.gates, dict):
