@@ -91,11 +91,11 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor
 
-    from hf_ext.testing import save_tiny_text_vae, save_tiny_vlm
+    from hf_ext.testing import save_tiny_muffin, save_tiny_text_vae
 
     work = Path(tempfile.mkdtemp(prefix="hf_ext_wheel_smoke_"))
     # Auto classes load hf_ext checkpoints without trust_remote_code: `import hf_ext` registered the model types
-    muffin_dir = save_tiny_vlm(work / "tiny-muffin")
+    muffin_dir = save_tiny_muffin(work / "tiny-muffin")
     model = AutoModelForImageTextToText.from_pretrained(muffin_dir)
     processor = AutoProcessor.from_pretrained(muffin_dir)
     check(type(model).__name__ == "MuffinForConditionalGeneration", f"AutoModelForImageTextToText -> {type(model)}")
