@@ -130,7 +130,7 @@ def report(results, config, out: Path) -> str:
         + ("" if enough else f" **Fewer than the {config.min_passing_seeds} the primary comparison needs.**"),
     ]
     if excluded:
-        lines += ["", "Excluded: " + "; ".join(s["reason"] for s in excluded)]
+        lines += ["", "Excluded: " + "; ".join(s["reason"].split(". No preference run")[0] for s in excluded) + "."]
     lines += ["", "## Pairs (per seed)", ""]
     for s in results["seeds"]:
         if s.get("excluded"):
