@@ -154,6 +154,9 @@ class StudyConfig:
         bridge_samples, bridge_epochs, bridge_lr: bridge pre-training (per-cell classification).
         bridge_data (`str`): the bridge's images: ``"sft"`` (the first ``bridge_samples`` SFT images) or
             ``"unbiased"`` (images of their own with a weak prior, ``task("bridge")``).
+        bridge_unbiased_fraction (`float`, *optional*, defaults to `0.0`): with ``bridge_data="sft"``, the share of
+            the bridge's images drawn from ``task("bridge")`` instead (the rest are the first SFT images): a bridge
+            between one that carries the SFT prior and one that does not.
         sft_samples, sft_epochs, sft_lr, sft_batch_size: SFT (bridge frozen).
         pool_size, max_pool_size, sample_temperature: the sampled responses that become pairs.
         drop_ungrammatical (`bool`): drop (and count) sampled answers outside the task grammar; ``False`` is for
@@ -198,6 +201,7 @@ class StudyConfig:
     num_query: int = 9
     bridge_samples: int = 3000
     bridge_data: str = "sft"
+    bridge_unbiased_fraction: float = 0.0
     bridge_epochs: float = 10.0
     bridge_lr: float = 3e-3
     sft_samples: int = 3000
@@ -236,6 +240,8 @@ class StudyConfig:
             raise ValueError("seeds must name at least one seed.")
         if self.bridge_data not in ("sft", "unbiased"):
             raise ValueError(f"bridge_data must be 'sft' or 'unbiased', got {self.bridge_data!r}.")
+        if not 0.0 <= self.bridge_unbiased_fraction <= 1.0:
+            raise ValueError(f"bridge_unbiased_fraction must be in [0, 1], got {self.bridge_unbiased_fraction}.")
         if self.vision_freeze not in ("tower", "official"):
             raise ValueError(f"vision_freeze must be 'tower' or 'official', got {self.vision_freeze!r}.")
         if not self.lr_grid:
@@ -728,6 +734,15 @@ def _base(seed: int) -> int:
     return 1_000_003 * (seed + 1)
 
 
+def bridge_images(config: StudyConfig, seed: int, train: Sequence[GroundedSample]) -> list[GroundedSample]:
+    """The bridge's pre-training images: the first SFT images, the unbiased generator's, or (with
+    ``bridge_unbiased_fraction``) the first ``round(fraction * bridge_samples)`` unbiased ones and then SFT images."""
+    n = config.bridge_samples
+    k = n if config.bridge_data == "unbiased" else round(config.bridge_unbiased_fraction * n)
+    unbiased = generate_samples(k, seed=_base(seed) + 6, config=config.task("bridge")) if k else []
+    return list(unbiased) + list(train[: n - k])
+
+
 def prepare_sft_model(
     config: StudyConfig,
     tokenizer,
@@ -742,10 +757,7 @@ def prepare_sft_model(
     t0 = time.perf_counter()
     train = generate_samples(config.sft_samples, seed=_base(seed) + 1, config=config.task("sft"))
     model, processor = build_model(config, copy.deepcopy(tokenizer), seed=seed)
-    if config.bridge_data == "sft":
-        bridge = train[: config.bridge_samples]
-    else:
-        bridge = generate_samples(config.bridge_samples, seed=_base(seed) + 6, config=config.task("bridge"))
+    bridge = bridge_images(config, seed, train)
     steps = max(1, int(config.bridge_epochs * len(bridge) / 64))
     b = bar(steps, "bridge pre-training")
     acc = pretrain_bridge(

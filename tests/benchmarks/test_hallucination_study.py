@@ -455,3 +455,21 @@ def test_gate_failure_replacements_are_capped(monkeypatch, tmp_path):
     assert [s["seed"] for s in res["seeds"]] == [0, 1, 2, 3]  # 1 failed, 2 and 3 drawn, then the cap
     with pytest.raises(ValueError, match="gate_failure"):
         StudyConfig(gate_failure="skip")
+
+
+def test_bridge_images_mix_unbiased_and_sft_images():
+    """`bridge_unbiased_fraction` takes the first round(f * n) images from the unbiased generator, then SFT images;
+    0 is the SFT images, `bridge_data="unbiased"` the generator's only."""
+    from benchmarks.hallucination.grounded import generate_samples
+    from benchmarks.hallucination.study import _base, bridge_images
+
+    train = [f"sft{i}" for i in range(20)]
+    config = StudyConfig(bridge_samples=10, bridge_unbiased_fraction=0.3)
+    unbiased = generate_samples(10, seed=_base(4) + 6, config=config.task("bridge"))
+    mixed = bridge_images(config, 4, train)
+    assert [s.scene for s in mixed[:3]] == [s.scene for s in unbiased[:3]] and mixed[3:] == train[:7]
+    assert bridge_images(StudyConfig(bridge_samples=10), 4, train) == train[:10]
+    only = bridge_images(StudyConfig(bridge_samples=10, bridge_data="unbiased"), 4, train)
+    assert [s.scene for s in only] == [s.scene for s in unbiased]
+    with pytest.raises(ValueError, match="bridge_unbiased_fraction"):
+        StudyConfig(bridge_unbiased_fraction=1.5)
