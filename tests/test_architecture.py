@@ -337,16 +337,7 @@ def test_subpackage_arrows_run_one_way_counting_function_level_imports(edges):
     assert cycle is None, "subpackages depend on each other both ways:\n" + describe_cycle(cycle, internal, subpackage)
 
 
-_KNOWN_ELSEWHERE: dict[str, str] = {}
-
-
-def _rule_param(rule: Rule):
-    reason = next((r for key, r in _KNOWN_ELSEWHERE.items() if rule.name.startswith(key)), None)
-    marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
-    return pytest.param(rule, marks=marks, id=rule.name.split(" (")[0][:60])
-
-
-@pytest.mark.parametrize("rule", [_rule_param(r) for r in RULES])
+@pytest.mark.parametrize("rule", RULES, ids=[r.name.split(" (")[0][:60] for r in RULES])
 def test_no_forbidden_arrow(edges, rule):
     found = arrow_violations(edges, [rule])
     assert not found, "forbidden imports:\n" + "\n".join(found)
