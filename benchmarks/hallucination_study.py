@@ -1,7 +1,7 @@
 """The RLHF-V study in miniature: does dense DPO cut the hallucinations a misleading language prior causes?
 
-Per seed: a tiny Muffin whose bridge is pre-trained on an easy grounded task (then frozen) is fine-tuned on biased
-images (co-occurrence pairs); the gates check that it sees and that its prior misleads it on conflict images; its
+Per seed: a tiny Muffin whose bridge is pre-trained on an easy grounded task with unbiased images (then frozen) is
+fine-tuned on biased images whose captions follow a co-occurrence prior; the gates check that it sees and that its prior misleads it on conflict images; its
 sampled answers are corrected as RLHF-V's annotators did; then, from the same SFT weights and the same pairs, every
 arm: SFT on the corrected answers (control), DPO, DPO on response-level ranking pairs, dense DPO γ ∈ {2, 5}, summed
 and normalised (vision frozen, learning rate per arm from a grid on a validation split). The primary metric is

@@ -3,10 +3,12 @@
 Stages (one line each on the console, a progress bar for each long one; the trainers' per-step logs go to
 ``<output_dir>/train_log.jsonl``):
 
-1. the grounded shapes task with a co-occurrence prior (:mod:`benchmarks.hallucination.grounded`): biased SFT images, a
-   preference pool, held-out test layouts;
-2. a random tiny hf_ext Muffin (:func:`benchmarks.hallucination.study.build_model`), bridge pre-training (each query
-   classifies a grid cell), then SFT with TRL's ``SFTTrainer``, the bridge frozen; saved as the initial checkpoint;
+1. the grounded shapes task with a co-occurrence prior (:mod:`benchmarks.hallucination.grounded`): biased SFT images
+   whose captions follow the prior (in 8% of the anchor-and-partner images the partner is not drawn but still named),
+   a preference pool, held-out test layouts;
+2. a random tiny hf_ext Muffin (:func:`benchmarks.hallucination.study.build_model`), bridge pre-training on unbiased
+   images (each query classifies a grid cell), then SFT with TRL's ``SFTTrainer``, the bridge frozen; saved as the
+   initial checkpoint;
 3. the gates (:mod:`benchmarks.hallucination.gates`): the model sees, and its prior misleads it on conflict images; the
    demo stops here when they fail;
 4. preference data in RLHF-V's form: sampled answers (ungrammatical ones dropped and counted), hallucinated
@@ -19,7 +21,7 @@ Stages (one line each on the console, a progress bar for each long one; the trai
    held-out images, and what one seed can and cannot show.
 
 Run ``python -m benchmarks.hallucination.demo [--output_dir DIR]``; ``benchmarks/hallucination_study.py`` (``make study``) runs every
-arm over 8 seeds with paired statistics.
+arm over 16 seeds with paired statistics.
 """
 
 from __future__ import annotations
@@ -281,7 +283,7 @@ def summarize(
         "What one seed shows: the pipeline runs end to end, the model passes the gates (it sees, and its prior",
         "misleads it), and how each arm moved this seed's numbers. What it cannot show: whether dense DPO beats DPO.",
         "Seeds differ by several points, learning rates here are fixed (no grid); `make study` runs every arm over",
-        "8 seeds and reports the paired difference from DPO within seed with a 95% CI.",
+        "16 seeds and reports the paired difference from DPO within seed with a 95% CI.",
         f"total time: {seconds:.0f} s",
     ]
     return "\n".join(lines)
@@ -334,7 +336,10 @@ def main(argv: list[str] | None = None) -> None:
     def stage(k, text):
         print(f"[{k}/7] {text} ({time.time() - start:.0f}s)", flush=True)
 
-    stage(1, "grounded shapes task with a co-occurrence prior: biased SFT images, a pool, held-out test layouts")
+    stage(
+        1,
+        "grounded shapes task with a co-occurrence prior: biased SFT images and captions, a pool, held-out test layouts",
+    )
     data = write_sample_data(output_dir, seed=args.seed)
     stage(2, f"tiny Muffin: bridge pre-training on {config.bridge_samples} images, SFT on {len(data['train'])}")
     from benchmarks.hallucination.study import build_tokenizer

@@ -45,6 +45,7 @@ __all__ = [
     "check_gates",
     "freeze_vision",
     "pretrain_bridge",
+    "pretrain_language_prior",
     "prior_hallucination_rate",
     "probe_queries",
     "query_features",
@@ -188,6 +189,62 @@ def pretrain_bridge(
             progress(step + 1)
     inner.vision_tower.eval()
     return correct / max(1, total)
+
+
+def pretrain_language_prior(
+    model,
+    tokenizer,
+    texts: Sequence[str],
+    epochs: float = 2.0,
+    learning_rate: float = 1e-3,
+    batch_size: int = 32,
+    seed: int = 0,
+    progress: Callable[[int], Any] | None = None,
+) -> float:
+    """Text-only language-model pre-training of Muffin's LLM on ``texts``: where the language prior comes from.
+
+    A real MLLM's LLM learns co-occurrences from text long before it sees an image; here the LLM (embeddings,
+    decoder, head; the vision side is not used) learns them from descriptions of biased scenes, so the prior lives
+    in the LLM and perception in the bridge, each set by its own knob. Causal-LM loss on ``" " + text`` (the way a
+    description follows the prompt in SFT) with AdamW and a one-cycle schedule. Returns the mean loss of the last
+    epoch's steps; ``progress(n)`` is called after each step with the number of steps done.
+    """
+    if not texts:
+        raise ValueError("pretrain_language_prior: texts is empty.")
+    g = torch.Generator().manual_seed(seed)
+    lm = model.model.language_model
+    params = [p for p in [*lm.parameters(), *model.lm_head.parameters()] if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
+    enc = [tokenizer(" " + t, add_special_tokens=False)["input_ids"] for t in texts]
+    bos = tokenizer.bos_token_id
+    if bos is not None:
+        enc = [[bos, *ids] for ids in enc]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    n = len(enc)
+    steps = max(1, int(epochs * n / batch_size))
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=learning_rate, total_steps=steps, pct_start=0.1)
+    model.train()
+    order, pos, losses = torch.randperm(n, generator=g), 0, []
+    for step in range(steps):
+        if pos + batch_size > n:
+            order, pos = torch.randperm(n, generator=g), 0
+        rows = [enc[int(i)] for i in order[pos : pos + batch_size]]
+        pos += batch_size
+        width = max(len(r) for r in rows)
+        ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
+        mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+        labels = ids.masked_fill(mask == 0, -100)
+        loss = model(input_ids=ids, attention_mask=mask, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        if step >= steps - max(1, n // batch_size):
+            losses.append(loss.item())
+        if progress is not None:
+            progress(step + 1)
+    model.eval()
+    return sum(losses) / len(losses)
 
 
 def probe_queries(

@@ -193,6 +193,11 @@ class GroundedTaskConfig:
             (the column right of the anchor, the anchor then in the left or middle column) holds: ``"empty"``
             (nothing: the prior would fill it) or ``"near"`` (a coloured shape that shares the partner's colour or
             its shape); ``None`` places the anchor anywhere and the other groups at random.
+        caption_prior_rate (`float`, *optional*, defaults to 0.0): share of the scenes holding an anchor and its
+            partner whose *image* draws a near-partner (sharing the partner's colour or its shape; same count and
+            column) in the partner's place while the reference still names the partner: captions written from the
+            scene prior rather than the image, as over-generalising annotators write them. The sample's ``scene``
+            is the image's truth, its ``reference`` the caption.
     """
 
     image_size: int = 48
@@ -207,9 +212,10 @@ class GroundedTaskConfig:
     layouts: str | None = None
     heldout_fraction: float = 0.2
     conflict_slot: str | None = None
+    caption_prior_rate: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("anchor_rate", "cooccurrence", "heldout_fraction"):
+        for name in ("anchor_rate", "cooccurrence", "heldout_fraction", "caption_prior_rate"):
             if not 0.0 <= getattr(self, name) <= 1.0:
                 raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}.")
         if self.conflict_slot not in (None, "empty", "near"):
@@ -380,9 +386,36 @@ def generate_samples(n: int, seed: int = 0, config: GroundedTaskConfig | None = 
             scene = generate_scene(rng, config)
         else:
             raise ValueError(f"no {config.layouts!r} layout found in 1000 draws: raise heldout_fraction.")
+        caption = describe_scene(scene)
+        if config.caption_prior_rate > 0 and rng.random() < config.caption_prior_rate:
+            scene = _without_partner(scene, rng)
         image = render_scene(scene, rng, config)
-        out.append(GroundedSample(i, image, rng.choice(QUESTIONS), scene, describe_scene(scene)))
+        out.append(GroundedSample(i, image, rng.choice(QUESTIONS), scene, caption))
     return out
+
+
+def _without_partner(scene: Scene, rng: random.Random) -> Scene:
+    """``scene`` with its co-occurrence partner (if its anchor is there too) replaced by a near-partner: a
+    coloured shape of the same colour or the same shape, in no pair and not in the scene; same count, same column."""
+    cats = set(scene.categories)
+    for anchor, partner in COOCCURRENCE_PAIRS:
+        if anchor in cats and partner in cats:
+            break
+    else:
+        return scene
+    in_pairs = {c for pair in COOCCURRENCE_PAIRS for c in pair}
+    p_colour, p_shape = partner.split()
+    near = [
+        f"{c} {sh}"
+        for c in COLOURS
+        for sh in SHAPES
+        if (c == p_colour) != (sh == p_shape) and f"{c} {sh}" not in in_pairs and f"{c} {sh}" not in cats
+    ]
+    colour, shape = rng.choice(near).split()
+    groups = tuple(
+        ObjectGroup(shape, colour, g.count, g.position) if g.category == partner else g for g in scene.groups
+    )
+    return Scene(groups)
 
 
 def task_corpus(n: int = 200, seed: int = 0) -> list[str]:

@@ -362,3 +362,45 @@ def test_conflict_slot(slot):
 
 
 _ANCHORS = {"red circle", "green triangle", "yellow square"}
+
+
+def test_caption_prior_draws_a_near_partner_under_the_partners_name():
+    """With ``caption_prior_rate=1`` every scene with an anchor and its partner is drawn with a near-partner (same
+    colour xor same shape, same column and count, in no pair) while the reference still names the partner; other
+    scenes, and every scene at rate 0, are drawn as described."""
+    from benchmarks.hallucination.gates import CELL_CLASSES, cell_labels
+    from benchmarks.hallucination.grounded import (
+        COOCCURRENCE_PAIRS,
+        GroundedTaskConfig,
+        describe_scene,
+        parse_mentions,
+    )
+
+    partner_of = dict(COOCCURRENCE_PAIRS)
+    in_pairs = {c for pair in COOCCURRENCE_PAIRS for c in pair}
+    base = dict(min_groups=2, max_groups=3, anchor_rate=0.8, cooccurrence=1.0)
+    swapped = generate_samples(120, seed=5, config=GroundedTaskConfig(**base, caption_prior_rate=1.0))
+    plain = generate_samples(120, seed=5, config=GroundedTaskConfig(**base))
+    n_swapped = 0
+    for s, p in zip(swapped, plain):
+        assert p.reference == describe_scene(p.scene)
+        said = [m.category for m in parse_mentions(s.reference)]
+        anchor = next((c for c in said if c in partner_of), None)
+        if anchor is None or partner_of[anchor] not in said:
+            assert s.reference == describe_scene(s.scene)
+            continue
+        n_swapped += 1
+        partner = partner_of[anchor]
+        assert partner not in s.scene.categories and anchor in s.scene.categories
+        truth = describe_scene(s.scene)
+        (old,) = [g for g in parse_mentions(s.reference) if g.category == partner]
+        (new,) = [g for g in s.scene.groups if g.position == old.position and g.category not in said]
+        assert new.count == old.count and new.category not in in_pairs
+        assert (new.colour == partner.split()[0]) != (new.shape == partner.split()[1])
+        assert truth != s.reference
+        # the image shows the near-partner: its cells hold that class, not the partner's
+        labels = {CELL_CLASSES[k] for k in cell_labels(s)}
+        assert new.category in labels and partner not in labels
+    assert n_swapped > 40
+    with pytest.raises(ValueError, match="caption_prior_rate"):
+        GroundedTaskConfig(caption_prior_rate=1.5)

@@ -464,12 +464,70 @@ def test_bridge_images_mix_unbiased_and_sft_images():
     from benchmarks.hallucination.study import _base, bridge_images
 
     train = [f"sft{i}" for i in range(20)]
-    config = StudyConfig(bridge_samples=10, bridge_unbiased_fraction=0.3)
+    config = StudyConfig(bridge_samples=10, bridge_data="sft", bridge_unbiased_fraction=0.3)
     unbiased = generate_samples(10, seed=_base(4) + 6, config=config.task("bridge"))
     mixed = bridge_images(config, 4, train)
     assert [s.scene for s in mixed[:3]] == [s.scene for s in unbiased[:3]] and mixed[3:] == train[:7]
-    assert bridge_images(StudyConfig(bridge_samples=10), 4, train) == train[:10]
-    only = bridge_images(StudyConfig(bridge_samples=10, bridge_data="unbiased"), 4, train)
+    assert bridge_images(StudyConfig(bridge_samples=10, bridge_data="sft"), 4, train) == train[:10]
+    only = bridge_images(StudyConfig(bridge_samples=10), 4, train)  # the default: unbiased
     assert [s.scene for s in only] == [s.scene for s in unbiased]
     with pytest.raises(ValueError, match="bridge_unbiased_fraction"):
         StudyConfig(bridge_unbiased_fraction=1.5)
+
+
+def test_prior_texts_follow_the_sft_cooccurrence():
+    """The text-only prior corpus is drawn like the SFT images: with P(partner | anchor) = 1 every anchor sentence
+    with a following group is followed by its partner's; with 0 never; training layouts only; deterministic."""
+    from benchmarks.hallucination.grounded import COOCCURRENCE_PAIRS, parse_mentions
+    from benchmarks.hallucination.study import prior_texts
+
+    partner_of = dict(COOCCURRENCE_PAIRS)
+    for co, expect in ((1.0, True), (0.0, False)):
+        config = StudyConfig(prior_text_samples=300, sft_cooccurrence=co)
+        texts = prior_texts(config, seed=3)
+        assert len(texts) == 300 and texts == prior_texts(config, seed=3) and texts != prior_texts(config, seed=4)
+        followed = []
+        for t in texts:
+            cats = [m.category for m in parse_mentions(t)]
+            for a, b in zip(cats, cats[1:]):
+                if a in partner_of:
+                    followed.append(b == partner_of[a])
+        assert len(followed) > 30
+        assert all(followed) if expect else not any(followed)
+
+
+def test_pretrain_language_prior_teaches_the_partner(tiny):
+    """Text-only pre-training moves only the LLM side and makes the partner the likeliest colour after an anchor
+    sentence (read off an independent forward pass), which the random model does not do."""
+    import copy
+
+    import torch
+
+    from benchmarks.hallucination.gates import pretrain_language_prior
+
+    cfg, tok, model, proc = tiny
+    model = copy.deepcopy(model)
+    texts = [
+        f"There is one red circle on the {p}. There {v} {w} blue {n} on the {q}."
+        for p, q in (("left", "right"), ("middle", "right"))
+        for v, w, n in (("is", "one", "square"), ("are", "two", "squares"), ("are", "three", "squares"))
+    ] * 20
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    prefix = [tok.bos_token_id] * (tok.bos_token_id is not None) + tok(
+        " There is one red circle on the left. There is one", add_special_tokens=False
+    )["input_ids"]
+    colours = {c: tok(" " + c, add_special_tokens=False)["input_ids"][0] for c in ("red", "green", "blue", "yellow")}
+
+    def next_colour():
+        with torch.no_grad():
+            logits = model(input_ids=torch.tensor([prefix])).logits[0, -1]
+        return max(colours, key=lambda c: float(logits[colours[c]]))
+
+    assert next_colour() != "blue"
+    loss = pretrain_language_prior(model, tok, texts, epochs=6, learning_rate=3e-3, batch_size=8)
+    assert math.isfinite(loss) and loss < 1.0
+    assert next_colour() == "blue"
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert changed and all(k.startswith(("model.language_model.", "lm_head.")) for k in changed), changed
+    with pytest.raises(ValueError, match="texts is empty"):
+        pretrain_language_prior(model, tok, [])
