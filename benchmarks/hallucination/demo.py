@@ -64,7 +64,7 @@ DEMO_CONFIG: dict = dict(
     lr_grid=(1e-4,),
     bridge_samples=3000,
     sft_samples=3000,
-    pool_size=300,
+    pool_size=600,
     test_samples=400,
 )
 
