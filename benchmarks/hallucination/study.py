@@ -143,7 +143,8 @@ class StudyConfig:
         num_pairs (`int`): pairs per arm in the primary comparison (every seed).
         beta (`float`): β of the primary comparison (the paper: 0.5).
         sweep_seeds, sweep_num_pairs, sweep_betas: extra settings (pair counts, β) run on ``sweep_seeds`` only.
-        lr_grid (`Sequence[float]`): learning rates tried per arm on the validation split of ``lr_seed``.
+        lr_grid (`Sequence[float]`, *optional*, defaults to `(3e-5, 1e-4, 3e-4, 1e-3)`): learning rates tried per arm on
+            the validation split of ``lr_seed``.
         lr_seed (`int`): the seed whose validation split picks each arm's learning rate (then fixed for all).
         min_groups, max_groups, heldout_fraction: generator settings ([`GroundedTaskConfig`]).
         sft_anchor_rate, anchor_rate: share of scenes built around a co-occurrence anchor in the SFT images and in
@@ -202,7 +203,7 @@ class StudyConfig:
     sweep_seeds: Sequence[int] = (0, 1)
     sweep_num_pairs: Sequence[int] = (100, 1000)
     sweep_betas: Sequence[float] = (0.1,)
-    lr_grid: Sequence[float] = (3e-5, 1e-4, 3e-4)
+    lr_grid: Sequence[float] = (3e-5, 1e-4, 3e-4, 1e-3)
     lr_seed: int = 0
     image_size: int = 48
     min_groups: int = 2
