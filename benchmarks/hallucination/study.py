@@ -269,6 +269,8 @@ class StudyConfig:
             raise ValueError(f"bridge_unbiased_fraction must be in [0, 1], got {self.bridge_unbiased_fraction}.")
         if self.vision_freeze not in ("tower", "official"):
             raise ValueError(f"vision_freeze must be 'tower' or 'official', got {self.vision_freeze!r}.")
+        if not 0.0 <= self.sft_caption_prior <= 1.0:
+            raise ValueError(f"sft_caption_prior must be in [0, 1], got {self.sft_caption_prior}.")
         if not 0.0 <= self.prior_text_anchor_rate <= 1.0:
             raise ValueError(f"prior_text_anchor_rate must be in [0, 1], got {self.prior_text_anchor_rate}.")
         if self.prior_text_position not in ("before", "after"):

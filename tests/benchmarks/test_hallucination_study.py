@@ -265,6 +265,16 @@ def test_config_errors():
     assert cfg.settings(0) == [(300, 0.5)]
     assert cfg.settings(1) == [(300, 0.5), (100, 0.5), (300, 0.1)]
     assert cfg.task("sft").cooccurrence == cfg.sft_cooccurrence and cfg.task("test").layouts == "test"
+    # the caption prior is an SFT-only property: pool, validation and test references are the truth
+    cfg = StudyConfig(sft_caption_prior=0.3)
+    assert cfg.task("sft").caption_prior_rate == 0.3
+    assert all(cfg.task(part).caption_prior_rate == 0.0 for part in ("bridge", "pool", "val", "test"))
+    with pytest.raises(ValueError, match="sft_caption_prior"):
+        StudyConfig(sft_caption_prior=-0.1)
+    with pytest.raises(ValueError, match="prior_text_position"):
+        StudyConfig(prior_text_position="during")
+    with pytest.raises(ValueError, match="prior_text_anchor_rate"):
+        StudyConfig(prior_text_anchor_rate=2.0)
 
 
 def test_arms_freeze_the_vision_side_and_leave_sft_untouched(tiny, tmp_path):
