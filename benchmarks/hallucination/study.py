@@ -693,8 +693,11 @@ def train_arm(
     from trl import DPOConfig, DPOTrainer
 
     from hf_ext.trainers.dense_dpo import DenseDPOConfig, DenseDPOTrainer
+    from hf_ext.utils.copying import clone_model
 
-    policy = copy.deepcopy(sft_model).train()
+    # clone_model, not copy.deepcopy: the SFT model's forward was patched by TRL, and a deep copy's plain forward
+    # (generation) would still run the SFT model's weights (measured: every arm then answered like SFT)
+    policy = clone_model(sft_model).train()
     for p in policy.parameters():
         p.requires_grad_(True)
     freeze_vision(policy, config.vision_freeze)
@@ -711,7 +714,7 @@ def train_arm(
             log_file=log_file,
             bar=bar,
         )
-    ref = copy.deepcopy(sft_model).eval()
+    ref = clone_model(sft_model).eval()
     common = dict(
         output_dir=output_dir,
         per_device_train_batch_size=config.pref_batch_size,

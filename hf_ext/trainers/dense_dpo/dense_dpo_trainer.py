@@ -24,6 +24,7 @@ from trl.trainer.utils import global_then_local_main_first, use_adapter
 
 from ...hub.cards import HfExtModelCardMixin
 from ...utils.citations import CITATIONS
+from ...utils.copying import clone_model
 from ...utils.fsdp import FSDP2FusedLMHeadCallback
 from ..chat_template_utils import (
     apply_training_chat_template,
@@ -177,7 +178,8 @@ class DenseDPOTrainer(HfExtModelCardMixin, DPOTrainer):
         if self._dense_precompute:
             args.precompute_ref_log_probs = False
             if ref_model is None and peft_config is None and not isinstance(model, str) and not is_peft_model(model):
-                ref_model = copy.deepcopy(model)
+                # not copy.deepcopy: a copy of a model TRL patched in this process would run the original's weights
+                ref_model = clone_model(model)
         super().__init__(
             model=model,
             ref_model=ref_model,
