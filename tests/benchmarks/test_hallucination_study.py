@@ -541,3 +541,34 @@ def test_pretrain_language_prior_teaches_the_partner(tiny):
     assert changed and all(k.startswith(("model.language_model.", "lm_head.")) for k in changed), changed
     with pytest.raises(ValueError, match="texts is empty"):
         pretrain_language_prior(model, tok, [])
+
+
+def test_arms_answer_with_their_own_weights(tiny, tmp_path):
+    """Regression: the SFT model's forward is patched by TRL's SFTTrainer; a policy copied from it must generate
+    with its own trained weights (a plain deep copy generated with the SFT model's: every arm answered like SFT)."""
+    import copy
+
+    import torch
+
+    from benchmarks.hallucination.study import sft
+
+    cfg, tok, model, proc = tiny
+    model = copy.deepcopy(model)
+    train = generate_samples(16, seed=2, config=cfg.task("sft"))
+    model = sft(model, proc, train, cfg, str(tmp_path / "sft"), epochs=1.0)
+    assert "forward" in vars(model)  # TRL patched it
+    s = generate_samples(4, seed=1, config=cfg.task("pool"))
+    responses = [describe_scene(x.scene) + f" There is one {_absent(x.scene)} on the left." for x in s]
+    data, _ = build_preference_pairs(responses, s, tmp_path / "pairs.parquet")
+    policy = train_arm(model, proc, data, ARMS["ddpo_g5"], cfg, str(tmp_path / "arm"), learning_rate=1e-2)
+    prompt = proc.apply_chat_template(
+        [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": s[0].question}]}],
+        add_generation_prompt=True,
+    )
+    enc = proc(images=[[s[0].image]], text=[prompt], return_tensors="pt")
+    with torch.no_grad():
+        got = policy(**enc).logits
+        own = policy.lm_head(policy.model(**enc).last_hidden_state)
+        sft_logits = model(**enc).logits
+    torch.testing.assert_close(got, own)
+    assert not torch.allclose(got, sft_logits, atol=1e-4)
