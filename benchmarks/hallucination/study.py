@@ -1129,6 +1129,8 @@ METRICS = (
     "chair_i",
     "chair_s",
     "recall",
+    "count_err",
+    "position_err",
     "words_per_response",
     "mentions_per_response",
 )
