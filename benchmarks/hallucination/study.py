@@ -7,8 +7,11 @@ Pipeline (every stage is a public function, so the study script, the demo and th
    :class:`~hf_ext.models.muffin.MuffinForConditionalGeneration` (BEiT-3 bridge, 9 learned queries, Llama LLM)
    whose 16-px patches tile the 3 x 3 grid of :mod:`benchmarks.hallucination.grounded`'s images.
 2. :func:`~benchmarks.hallucination.gates.pretrain_bridge`: the bridge learns an easy grounded task (each query classifies
-   one grid cell) and is then frozen; :func:`sft` trains projector + LLM on reference descriptions of *biased*
-   images (co-occurrence pairs: the partner follows the anchor in most SFT images) with TRL's ``SFTTrainer``.
+   one grid cell) on unbiased images and is then frozen; :func:`sft` trains projector + LLM with TRL's ``SFTTrainer``
+   on descriptions of *biased* images (co-occurrence pairs: the partner follows the anchor) whose captions follow the
+   prior (``sft_caption_prior``: some images show a near-partner where the caption names the partner), which is
+   where the misleading prior comes from; an optional text-only stage (:func:`prior_texts`,
+   :func:`~benchmarks.hallucination.gates.pretrain_language_prior`) trains the LLM on captions alone.
 3. the gates (:mod:`benchmarks.hallucination.gates`): the model must see (teacher-forced colour / shape accuracy) and its
    prior must mislead it on conflict images; otherwise the run stops with the reason (:class:`GateError`).
 4. :func:`sample_pool` / :func:`build_preference_pairs` / :func:`build_ranking_pairs`: responses sampled at a
