@@ -379,18 +379,20 @@ def generate_samples(n: int, seed: int = 0, config: GroundedTaskConfig | None = 
     out = []
     for i in range(n):
         rng = _rng(seed, i)
-        scene = generate_scene(rng, config)
         for _ in range(1000):
-            if config.layouts is None or layout_split(scene, config.heldout_fraction) == config.layouts:
+            # `said` is what the caption describes, `scene` what the image shows (they differ only with a caption
+            # prior); both must fall in the requested part of the layout split
+            said = scene = generate_scene(rng, config)
+            if config.caption_prior_rate > 0 and rng.random() < config.caption_prior_rate:
+                scene = _without_partner(said, rng)
+            if config.layouts is None or all(
+                layout_split(x, config.heldout_fraction) == config.layouts for x in (said, scene)
+            ):
                 break
-            scene = generate_scene(rng, config)
         else:
             raise ValueError(f"no {config.layouts!r} layout found in 1000 draws: raise heldout_fraction.")
-        caption = describe_scene(scene)
-        if config.caption_prior_rate > 0 and rng.random() < config.caption_prior_rate:
-            scene = _without_partner(scene, rng)
         image = render_scene(scene, rng, config)
-        out.append(GroundedSample(i, image, rng.choice(QUESTIONS), scene, caption))
+        out.append(GroundedSample(i, image, rng.choice(QUESTIONS), scene, describe_scene(said)))
     return out
 
 
