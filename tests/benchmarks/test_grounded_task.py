@@ -402,5 +402,13 @@ def test_caption_prior_draws_a_near_partner_under_the_partners_name():
         labels = {CELL_CLASSES[k] for k in cell_labels(s)}
         assert new.category in labels and partner not in labels
     assert n_swapped > 40
+    # with a layout split, what the image shows and what the caption says both stay on the requested side
+    split = generate_samples(150, seed=6, config=GroundedTaskConfig(**base, caption_prior_rate=1.0, layouts="train"))
+    captions = [parse_mentions(x.reference) for x in split]
+    assert any(x.reference != describe_scene(x.scene) for x in split)
+    for x, said in zip(split, captions):
+        assert layout_split(x.scene) == "train"
+        said_scene = Scene(tuple(ObjectGroup(m.shape, m.colour, m.count, m.position) for m in said))
+        assert layout_split(said_scene) == "train"
     with pytest.raises(ValueError, match="caption_prior_rate"):
         GroundedTaskConfig(caption_prior_rate=1.5)
