@@ -21,7 +21,7 @@ Stages (one line each on the console, a progress bar for each long one; the trai
    held-out images, and what one seed can and cannot show.
 
 Run ``python -m benchmarks.hallucination.demo [--output_dir DIR]``; ``benchmarks/hallucination_study.py`` (``make study``) runs every
-arm over 16 seeds with paired statistics.
+arm over 24 seeds with paired statistics.
 """
 
 from __future__ import annotations
@@ -283,7 +283,7 @@ def summarize(
         "What one seed shows: the pipeline runs end to end, the model passes the gates (it sees, and its prior",
         "misleads it), and how each arm moved this seed's numbers. What it cannot show: whether dense DPO beats DPO.",
         "Seeds differ by several points, learning rates here are fixed (no grid); `make study` runs every arm over",
-        "16 seeds and reports the paired difference from DPO within seed with a 95% CI.",
+        "24 seeds and reports the paired difference from DPO within seed with a 95% CI.",
         f"total time: {seconds:.0f} s",
     ]
     return "\n".join(lines)

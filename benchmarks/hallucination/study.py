@@ -139,7 +139,7 @@ class StudyConfig:
     """Sizes and hyper-parameters of the study (defaults: ``make study``, sized for 2 CPU cores and 2 hours).
 
     Args:
-        seeds (`Sequence[int]`, *optional*, defaults to `0..15`): one run (bridge, SFT, gates, pairs, every arm) per
+        seeds (`Sequence[int]`, *optional*, defaults to `0..23`): one run (bridge, SFT, gates, pairs, every arm) per
             seed. Seeds whose SFT model fails the gates run no arm (``gate_failure``); the primary comparison is over
             the seeds that pass, and needs at least ``min_passing_seeds`` of them.
         arms (`Sequence[str]`): arms among [`ARMS`] (``"dpo"`` must be one: it is the paired baseline).
@@ -199,7 +199,7 @@ class StudyConfig:
         min_passing_seeds (`int`, *optional*, defaults to `8`): the report warns when fewer seeds pass the gates.
     """
 
-    seeds: Sequence[int] = tuple(range(16))
+    seeds: Sequence[int] = tuple(range(24))
     arms: Sequence[str] = ("sft_corrected", "dpo", "dpo_ranking", "ddpo_g2", "ddpo_g5", "ddpo_g2_norm", "ddpo_g5_norm")
     num_pairs: int = 300
     beta: float = 0.5
